@@ -1,0 +1,1 @@
+"""Click commands, one module per pipeline area; each imports the heavy library lazily."""

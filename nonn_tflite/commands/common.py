@@ -1,0 +1,71 @@
+"""Options and error handling shared by every command.
+
+Every command takes ``-v/-q``, ``--seed`` (where it means something) and ``--debug``. Library
+errors (:class:`nonn_tflite.errors.NonnError`) become one line on stderr and exit code 1 (2 for
+usage errors); a traceback is shown only with ``--debug``.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+import sys
+from typing import Any, Callable
+
+import click
+
+from nonn_tflite.errors import NonnError
+
+F = Callable[..., Any]
+
+
+def _quiet_tensorflow() -> None:
+    # TensorFlow's C++ start-up chatter hides our own output; users asked for -v get it back.
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+
+
+def common_options(func: F) -> F:
+    """Add ``-v/--verbose``, ``-q/--quiet`` and ``--debug`` and run the command under them."""
+
+    @click.option("-v", "--verbose", count=True, help="More output (repeat for TensorFlow logs).")
+    @click.option("-q", "--quiet", is_flag=True, help="Only errors and the final result.")
+    @click.option("--debug", is_flag=True, help="Show full tracebacks on errors.")
+    @functools.wraps(func)
+    def wrapper(*args: Any, verbose: int, quiet: bool, debug: bool, **kwargs: Any) -> Any:
+        level = logging.WARNING if quiet else (logging.DEBUG if verbose else logging.INFO)
+        logging.basicConfig(level=level, format="%(message)s")
+        if verbose < 2:
+            _quiet_tensorflow()
+        ctx = click.get_current_context()
+        ctx.meta["quiet"] = quiet
+        ctx.meta["verbose"] = verbose
+        try:
+            return func(*args, **kwargs)
+        except NonnError as exc:
+            if debug:
+                raise
+            click.echo(f"Error: {exc}", err=True)
+            sys.exit(exc.exit_code)
+        except KeyboardInterrupt:
+            if debug:
+                raise
+            click.echo("Interrupted.", err=True)
+            sys.exit(130)
+        except (click.ClickException, click.exceptions.Exit, SystemExit):
+            raise
+        except Exception as exc:  # an unexpected failure: still one line unless --debug
+            if debug:
+                raise
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+            click.echo(f"Error: {type(exc).__name__}: {first} (rerun with --debug for details)",
+                       err=True)
+            sys.exit(1)
+
+    return wrapper
+
+
+def is_quiet() -> bool:
+    ctx = click.get_current_context(silent=True)
+    return bool(ctx and ctx.meta.get("quiet"))

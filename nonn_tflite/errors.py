@@ -1,0 +1,58 @@
+"""One exception hierarchy for every user-facing failure.
+
+The CLI catches :class:`NonnError` once, prints its message as a single line and exits with
+:attr:`NonnError.exit_code`; tracebacks appear only with ``--debug``. Messages say what was
+wrong and what is expected, so a user can fix the input without reading code.
+"""
+
+from __future__ import annotations
+
+
+class NonnError(Exception):
+    """Base of all errors the toolkit reports to users (exit code 1: the work failed)."""
+
+    exit_code = 1
+
+
+class UsageError(NonnError):
+    """The user asked for something invalid (exit code 2, like click's own usage errors)."""
+
+    exit_code = 2
+
+
+class DatasetError(UsageError):
+    """A dataset is missing, malformed, or does not fit the model."""
+
+
+class ModelFileError(UsageError):
+    """A model file is missing, corrupt, or not the kind of model expected."""
+
+
+class BudgetError(UsageError):
+    """No student fits the requested per-device memory budget."""
+
+
+class PartitionError(UsageError):
+    """The knowledge partition cannot be built as asked (e.g. K out of range)."""
+
+
+class RunDirError(UsageError):
+    """A run directory is missing a stage, or a stage would overwrite finished work."""
+
+
+class ConversionError(NonnError):
+    """TFLite conversion or verification failed."""
+
+
+class CompatibilityError(ConversionError):
+    """A converted model would not run under TensorFlow Lite Micro; lists every offence."""
+
+    def __init__(self, problems: list[str], what: str = "model") -> None:
+        self.problems = list(problems)
+        shown = "; ".join(self.problems[:8])
+        more = f" (+{len(self.problems) - 8} more)" if len(self.problems) > 8 else ""
+        super().__init__(f"{what} is not TFLite-Micro compatible: {shown}{more}")
+
+
+class BoardFitError(NonnError):
+    """A model does not fit the flash or RAM of its board."""
