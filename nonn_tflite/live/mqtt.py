@@ -1,0 +1,300 @@
+"""One MQTT connection per node: URL parsing, TLS, last will, TCP_NODELAY, reconnect with backoff.
+
+Every node (device, fusion, source, dashboard) talks to the broker through :class:`Connection`,
+so the fiddly parts live in one place: paho 2.x callbacks (``CallbackAPIVersion.VERSION2``),
+``TCP_NODELAY`` on every socket (Nagle + delayed ACK otherwise add 40-88 ms per hop),
+subscriptions renewed on every reconnect, a retained ``online``/``offline`` status with the
+``offline`` doubling as MQTT last will, and MQTT 5 with a fall-back to 3.1.1 for brokers such
+as amqtt that only speak 3.1.1.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import socket
+import threading
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Callable
+from urllib.parse import unquote, urlsplit
+
+from nonn_tflite.errors import NonnError, UsageError
+
+log = logging.getLogger(__name__)
+
+DEFAULT_URL = "mqtt://127.0.0.1:1883"
+PROTOCOLS = ("auto", "5", "3.1.1")
+_AUTH_FAILURES = {"Bad user name or password", "Not authorized", "Bad authentication method"}
+
+
+class BrokerError(NonnError):
+    """The broker could not be reached or refused us (exit code 1)."""
+
+
+class BrokerAuthError(BrokerError):
+    """The broker refused our credentials."""
+
+
+@dataclass(frozen=True)
+class BrokerConfig:
+    """Where and how to connect; built from a ``mqtt://`` or ``mqtts://`` URL."""
+
+    host: str = "127.0.0.1"
+    port: int = 1883
+    tls: bool = False
+    username: str | None = None
+    password: str | None = None
+    cafile: str | None = None
+    certfile: str | None = None
+    keyfile: str | None = None
+    insecure: bool = False      # TLS without hostname/certificate checks (lab use only)
+    protocol: str = "auto"      # "auto" (MQTT 5, falling back to 3.1.1), "5" or "3.1.1"
+    keepalive: int = 10
+
+    @classmethod
+    def from_url(cls, url: str, *, cafile: str | None = None, certfile: str | None = None,
+                 keyfile: str | None = None, insecure: bool = False,
+                 protocol: str = "auto") -> "BrokerConfig":
+        """Parse ``mqtt[s]://[user[:password]@]host[:port]``; raises UsageError when malformed."""
+        parts = urlsplit(url.strip())
+        if parts.scheme not in ("mqtt", "mqtts"):
+            raise UsageError(f"broker URL {url!r} must start with mqtt:// or mqtts:// "
+                             "(e.g. mqtt://127.0.0.1:1883 or mqtts://user:pw@gw.local:8883)")
+        try:
+            port = parts.port
+        except ValueError:
+            raise UsageError(f"broker URL {url!r} has an invalid port") from None
+        if not parts.hostname:
+            raise UsageError(f"broker URL {url!r} has no host")
+        if parts.path not in ("", "/") or parts.query or parts.fragment:
+            raise UsageError(f"broker URL {url!r} must not have a path or query")
+        if protocol not in PROTOCOLS:
+            raise UsageError(f"MQTT protocol must be one of {', '.join(PROTOCOLS)}")
+        for name, path in (("cafile", cafile), ("certfile", certfile), ("keyfile", keyfile)):
+            if path is not None and not Path(path).is_file():
+                raise UsageError(f"--{name} {path} does not exist")
+        if keyfile and not certfile:
+            raise UsageError("--keyfile needs --certfile")
+        tls = parts.scheme == "mqtts" or bool(cafile or certfile)
+        return cls(host=parts.hostname, port=port or (8883 if tls else 1883), tls=tls,
+                   username=unquote(parts.username) if parts.username else None,
+                   password=unquote(parts.password) if parts.password else None,
+                   cafile=cafile, certfile=certfile, keyfile=keyfile, insecure=insecure,
+                   protocol=protocol)
+
+    @property
+    def url(self) -> str:
+        """The URL with the password hidden, for messages and logs."""
+        user = f"{self.username}{':***' if self.password else ''}@" if self.username else ""
+        return f"{'mqtts' if self.tls else 'mqtt'}://{user}{self.host}:{self.port}"
+
+    def with_protocol(self, protocol: str) -> "BrokerConfig":
+        return replace(self, protocol=protocol)
+
+
+def make_client_id(node: str) -> str:
+    """Unique per process: two nodes with one client id would keep kicking each other off."""
+    return f"nonn-{node}-{secrets.token_hex(3)}"
+
+
+MessageHandler = Callable[[str, bytes, float], None]  # topic, payload, receive time (monotonic)
+
+
+@dataclass(frozen=True)
+class ConnectionConfig:
+    """Per-node connection settings."""
+
+    client_id: str
+    subscriptions: tuple[str, ...] = ()
+    status_topic: str | None = None   # retained online/offline + last will
+    connect_timeout_s: float = 10.0
+    reconnect_min_s: float = 0.1      # backoff doubles from here ...
+    reconnect_max_s: float = 2.0      # ... up to here while the broker is away
+    max_queued: int = 64              # paho's own outgoing queue (QoS > 0), bounded
+
+
+class Connection:
+    """A started paho client that keeps itself connected until :meth:`stop`."""
+
+    def __init__(self, broker: BrokerConfig, config: ConnectionConfig,
+                 on_message: MessageHandler | None = None,
+                 on_connected: Callable[[], None] | None = None) -> None:
+        self.broker = broker
+        self.config = config
+        self._on_message_cb = on_message
+        self._on_connected_cb = on_connected
+        self.connected = threading.Event()
+        self.connects = 0
+        self.disconnects = 0
+        self.protocol: str | None = None
+        self._first = threading.Event()
+        self._refusal: str | None = None
+        self._client = None
+        self._stopping = False
+
+    # ---- life cycle -------------------------------------------------------------------
+    def start(self) -> "Connection":
+        """Connect (waiting for the first CONNACK); raises BrokerError/BrokerAuthError."""
+        protocols = ["5", "3.1.1"] if self.broker.protocol == "auto" else [self.broker.protocol]
+        deadline = time.monotonic() + self.config.connect_timeout_s
+        for i, proto in enumerate(protocols):
+            self._client = self._make_client(proto)
+            self._first.clear()
+            self._refusal = None
+            self._client.connect_async(self.broker.host, self.broker.port, self.broker.keepalive)
+            self._client.loop_start()
+            self._first.wait(max(0.0, deadline - time.monotonic()))
+            if self.connected.is_set():
+                self.protocol = proto
+                return self
+            self._halt()
+            if self._refusal == "Unsupported protocol version" and i + 1 < len(protocols):
+                log.debug("broker %s refused MQTT %s; trying 3.1.1", self.broker.url, proto)
+                continue
+            break
+        raise self._start_error()
+
+    def stop(self) -> None:
+        """Publish ``offline`` (retained), disconnect cleanly and stop the network thread."""
+        self._stopping = True
+        client = self._client
+        if client is None:
+            return
+        if self.connected.is_set() and self.config.status_topic:
+            try:
+                info = client.publish(self.config.status_topic, b"offline", qos=1, retain=True)
+                info.wait_for_publish(timeout=1.0)
+            except Exception:  # noqa: BLE001 - shutting down anyway
+                pass
+        self._halt()
+
+    def publish(self, topic: str, payload: bytes, qos: int = 0, retain: bool = False) -> bool:
+        """Publish; returns False (message dropped) while disconnected: nothing piles up."""
+        client = self._client
+        if client is None or not self.connected.is_set():
+            return False
+        info = client.publish(topic, bytes(payload), qos=qos, retain=retain)
+        return info.rc == 0
+
+    @property
+    def reconnects(self) -> int:
+        return max(0, self.connects - 1)
+
+    # ---- internals --------------------------------------------------------------------
+    def _make_client(self, proto: str):
+        import paho.mqtt.client as mqtt
+        from paho.mqtt.enums import CallbackAPIVersion
+
+        version = mqtt.MQTTv5 if proto == "5" else mqtt.MQTTv311
+        kwargs = {} if proto == "5" else {"clean_session": True}
+        client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=self.config.client_id,
+                             protocol=version, **kwargs)
+        if self.broker.username is not None:
+            client.username_pw_set(self.broker.username, self.broker.password)
+        if self.broker.tls:
+            client.tls_set(ca_certs=self.broker.cafile, certfile=self.broker.certfile,
+                           keyfile=self.broker.keyfile)
+            if self.broker.insecure:
+                client.tls_insecure_set(True)
+        if self.config.status_topic:
+            client.will_set(self.config.status_topic, b"offline", qos=1, retain=True)
+        client.reconnect_delay_set(self.config.reconnect_min_s, self.config.reconnect_max_s)
+        client.max_queued_messages_set(self.config.max_queued)
+        client.on_connect = self._on_connect
+        client.on_disconnect = self._on_disconnect
+        client.on_message = self._on_message
+        return client
+
+    def _halt(self) -> None:
+        client = self._client
+        if client is None:
+            return
+        try:
+            client.disconnect()
+        except Exception:  # noqa: BLE001
+            pass
+        client.loop_stop()
+        self.connected.clear()
+
+    def _on_connect(self, client, userdata, flags, reason_code, properties) -> None:
+        if reason_code.is_failure:
+            self._refusal = reason_code.getName()
+            log.warning("broker %s refused connection: %s", self.broker.url, self._refusal)
+            if not self.connected.is_set() and self.connects == 0:
+                client.disconnect()  # do not hammer a broker that refuses us at start-up
+            self._first.set()
+            return
+        _set_nodelay(client)
+        self.connects += 1
+        if self.connects > 1:
+            log.info("reconnected to %s", self.broker.url)
+        for topic in self.config.subscriptions:
+            client.subscribe(topic, qos=0)
+        if self.config.status_topic:
+            client.publish(self.config.status_topic, b"online", qos=1, retain=True)
+        self.connected.set()
+        self._first.set()
+        if self._on_connected_cb is not None:
+            _guard(self._on_connected_cb)
+
+    def _on_disconnect(self, client, userdata, flags, reason_code, properties) -> None:
+        was = self.connected.is_set()
+        self.connected.clear()
+        if was:
+            self.disconnects += 1
+            if not self._stopping:
+                log.warning("lost broker %s (%s); reconnecting", self.broker.url, reason_code)
+
+    def _on_message(self, client, userdata, message) -> None:
+        if self._on_message_cb is not None:
+            _guard(self._on_message_cb, message.topic, bytes(message.payload), time.monotonic())
+
+    def _start_error(self) -> BrokerError:
+        url = self.broker.url
+        if self._refusal in _AUTH_FAILURES:
+            hint = ("give user:password in the --broker URL" if self.broker.username is None
+                    else "check the user name and password in the --broker URL")
+            return BrokerAuthError(f"broker {url} refused the connection: "
+                                   f"{self._refusal.lower()} ({hint})")
+        if self._refusal is not None:
+            return BrokerError(f"broker {url} refused the connection: {self._refusal}")
+        reason = _probe(self.broker.host, self.broker.port)
+        return BrokerError(f"cannot connect to broker {url} within "
+                           f"{self.config.connect_timeout_s:g} s: {reason}")
+
+
+def _set_nodelay(client) -> None:
+    sock = client.socket()
+    if sock is None:
+        return
+    try:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    except OSError as exc:  # e.g. a websocket transport
+        log.debug("TCP_NODELAY not set: %s", exc)
+
+
+def _guard(func: Callable, *args) -> None:
+    """Run a callback; an exception must not kill paho's network thread (and so the node)."""
+    try:
+        func(*args)
+    except Exception:  # noqa: BLE001
+        log.exception("error in MQTT callback %s", getattr(func, "__qualname__", func))
+
+
+def _probe(host: str, port: int) -> str:
+    """Why the TCP connection fails, in words, for the error message."""
+    try:
+        with socket.create_connection((host, port), timeout=2.0):
+            return "TCP connects, but no MQTT answer (wrong port, or TLS/plain mismatch?)"
+    except OSError as exc:
+        return exc.strerror or str(exc)
+
+
+def tcp_nodelay_enabled(conn: Connection) -> bool:
+    """For tests and diagnostics: is Nagle off on the live socket?"""
+    client = conn._client
+    sock = client.socket() if client is not None else None
+    return bool(sock and sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY))
+

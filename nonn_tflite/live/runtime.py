@@ -1,0 +1,116 @@
+"""Small pieces every node needs: a bounded drop-oldest queue, percentiles, a stop switch.
+
+Real-time inference prefers a fresh frame to a complete backlog: when a node falls behind it
+drops the oldest work and counts it, so memory stays bounded and latency does not grow.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import os
+import signal
+import threading
+import time
+from typing import Generic, Iterable, TypeVar
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+
+class DropOldestQueue(Generic[T]):
+    """Thread-safe FIFO of at most ``maxlen`` items; a put on a full queue evicts the oldest."""
+
+    def __init__(self, maxlen: int) -> None:
+        if maxlen < 1:
+            raise ValueError("queue length must be >= 1")
+        self._items: collections.deque[T] = collections.deque()
+        self._maxlen = maxlen
+        self._cond = threading.Condition()
+        self.dropped = 0
+
+    def put(self, item: T) -> None:
+        with self._cond:
+            if len(self._items) >= self._maxlen:
+                self._items.popleft()
+                self.dropped += 1
+            self._items.append(item)
+            self._cond.notify()
+
+    def get(self, timeout: float | None) -> T | None:
+        """Next item, or None after ``timeout`` seconds."""
+        with self._cond:
+            if not self._items:
+                self._cond.wait(timeout)
+            return self._items.popleft() if self._items else None
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+
+def percentile(values: Iterable[float], q: float) -> float | None:
+    """Nearest-rank-interpolated percentile (numpy's default), None for no data."""
+    import numpy as np
+
+    data = list(values)
+    return float(np.percentile(data, q)) if data else None
+
+
+class Window:
+    """The last ``n`` samples of a measurement, for running p50/p99 without unbounded memory."""
+
+    def __init__(self, n: int = 500) -> None:
+        self._d: collections.deque[float] = collections.deque(maxlen=n)
+        self._lock = threading.Lock()
+
+    def add(self, v: float) -> None:
+        with self._lock:
+            self._d.append(v)
+
+    def p(self, q: float) -> float | None:
+        with self._lock:
+            return percentile(self._d, q)
+
+    def __len__(self) -> int:
+        return len(self._d)
+
+
+def now_us() -> int:
+    """Capture timestamps are wall clock (they cross machines); µs since the Unix epoch."""
+    return time.time_ns() // 1000
+
+
+class StopSwitch:
+    """One event that SIGINT/SIGTERM, a duration limit or a dead parent process can trip."""
+
+    def __init__(self) -> None:
+        self.event = threading.Event()
+        self.reason = ""
+
+    def trip(self, reason: str) -> None:
+        if not self.event.is_set():
+            self.reason = reason
+            self.event.set()
+
+    def install_signals(self) -> None:
+        """Only from the main thread; the node then shuts down cleanly instead of dying."""
+        def handler(signum, frame):  # noqa: ARG001
+            self.trip(signal.Signals(signum).name)
+        signal.signal(signal.SIGTERM, handler)
+        signal.signal(signal.SIGINT, handler)
+
+    def wait(self, duration_s: float | None = None, watch_parent: int | None = None) -> str:
+        """Block until tripped, ``duration_s`` elapsed, or parent ``watch_parent`` is gone."""
+        end = None if duration_s is None else time.monotonic() + duration_s
+        while not self.event.wait(0.2):
+            if end is not None and time.monotonic() >= end:
+                self.trip("duration")
+            if watch_parent is not None and os.getppid() != watch_parent:
+                self.trip("parent exited")  # launched by `demo`: never outlive it
+        return self.reason
+
+
+def parent_to_watch() -> int | None:
+    """``demo`` sets NONN_WATCH_PARENT to its pid so children exit if it dies."""
+    value = os.environ.get("NONN_WATCH_PARENT")
+    return int(value) if value and value.isdigit() else None

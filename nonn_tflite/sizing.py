@@ -1,0 +1,92 @@
+"""Choose each student's size from its device budget.
+
+Estimates here are deliberately simple and slightly pessimistic; ``convert`` measures the real
+flatbuffer size and the minimal TFLM arena afterwards and checks them against the board.
+
+* flash ~ int8 weights + int32 biases (BN folds into them) + per-channel quantisation
+  parameters (float32 scale + int64 zero point per output channel) + flatbuffer overhead;
+* RAM (tensor arena) ~ the largest set of int8 activations alive at once: the inputs and the
+  output of the biggest op (an Add keeps three maps alive), plus TFLM bookkeeping.
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+
+from nonn_tflite.architectures import StudentSpec, build_student, default_stages
+from nonn_tflite.boards import KB, DeviceBudget
+from nonn_tflite.errors import BudgetError
+
+WIDTHS = (4, 6, 8, 12, 16, 24, 32, 48, 64)
+BLOCKS = (0, 1, 2)
+FLATBUFFER_BASE = 2048  # header, strings, subgraph tables
+PER_OP_OVERHEAD = 400  # operator + tensor tables per op
+ARENA_OVERHEAD = 1024  # TFLM's per-tensor bookkeeping for a small graph (64-bit host)
+
+
+@dataclass(frozen=True)
+class SizeEstimate:
+    spec: StudentSpec
+    params: int
+    flash_bytes: int
+    ram_bytes: int
+
+    def fits(self, budget: DeviceBudget) -> bool:
+        return self.flash_bytes <= budget.flash_bytes and self.ram_bytes <= budget.ram_bytes
+
+
+@functools.lru_cache(maxsize=512)
+def estimate(spec: StudentSpec, input_shape: tuple[int, int, int]) -> SizeEstimate:
+    """Build the student once (no training) and estimate its int8 flash and arena bytes."""
+    model = build_student(spec, input_shape, 0, wd=0.0)
+    convs = [l for l in model.layers if type(l).__name__ in ("Conv2D", "DepthwiseConv2D", "Dense")]
+    weight_bytes = sum(_numel(l.kernel.shape) for l in convs)
+    channel_bytes = sum(int(l.kernel.shape[-1]) * (4 + 12) for l in convs)  # bias + quant params
+    ops = len(convs) + sum(type(l).__name__ in ("Add", "GlobalAveragePooling2D") for l in model.layers)
+    flash = weight_bytes + channel_bytes + FLATBUFFER_BASE + PER_OP_OVERHEAD * ops
+    ram = _peak_activation_bytes(model) + ARENA_OVERHEAD
+    return SizeEstimate(spec, int(model.count_params()), int(flash), int(ram))
+
+
+def _numel(shape) -> int:
+    n = 1
+    for d in shape:
+        n *= int(d)
+    return n
+
+
+def _peak_activation_bytes(model) -> int:
+    peak = 0
+    for layer in model.layers:
+        if type(layer).__name__ in ("InputLayer", "BatchNormalization", "ReLU"):
+            continue  # folded into the producing op by the converter
+        ins = layer.input if isinstance(layer.input, (list, tuple)) else [layer.input]
+        total = sum(_numel(t.shape[1:]) for t in ins) + _numel(layer.output.shape[1:])
+        peak = max(peak, total)
+    return peak
+
+
+def choose_student(budget: DeviceBudget, out_channels: int, input_shape, index: int = 0) -> SizeEstimate:
+    """The largest student (by parameters) whose estimate fits ``budget``."""
+    input_shape = tuple(int(d) for d in input_shape)
+    stages = default_stages(input_shape)
+    best: SizeEstimate | None = None
+    smallest: SizeEstimate | None = None
+    for blocks in BLOCKS:
+        for width in WIDTHS:
+            est = estimate(StudentSpec(width, blocks, out_channels, stages), input_shape)
+            if smallest is None or est.flash_bytes + est.ram_bytes < smallest.flash_bytes + smallest.ram_bytes:
+                smallest = est
+            if not est.fits(budget):
+                break  # wider only grows
+            if best is None or est.params > best.params:
+                best = est
+    if best is None:
+        assert smallest is not None
+        raise BudgetError(
+            f"no student fits device {index}'s budget of {budget.describe()}; the smallest "
+            f"student for {out_channels} filters needs about {smallest.flash_bytes / KB:.1f} KB "
+            f"flash and {smallest.ram_bytes / KB:.1f} KB RAM (try --flash-kb "
+            f"{int(smallest.flash_bytes / KB) + 1} --ram-kb {int(smallest.ram_bytes / KB) + 1})")
+    return best
