@@ -66,6 +66,27 @@ def common_options(func: F) -> F:
     return wrapper
 
 
+def import_tensorflow_quietly() -> None:
+    """Import TensorFlow with C-level stderr muted (its start-up banner ignores log levels).
+
+    Only the import is muted; errors later still reach the terminal. With ``-vv`` nothing is.
+    """
+    ctx = click.get_current_context(silent=True)
+    if (ctx and ctx.meta.get("verbose", 0) >= 2) or "tensorflow" in sys.modules:
+        return
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "w") as devnull:
+            os.dup2(devnull.fileno(), 2)
+            import tensorflow as tf  # noqa: F401
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+    tf.get_logger().setLevel(logging.ERROR)  # e.g. retracing notices from predict()
+    logging.getLogger("tensorflow").setLevel(logging.ERROR)
+
+
 def is_quiet() -> bool:
     ctx = click.get_current_context(silent=True)
     return bool(ctx and ctx.meta.get("quiet"))

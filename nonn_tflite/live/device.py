@@ -26,7 +26,7 @@ log = logging.getLogger(__name__)
 @dataclass(frozen=True)
 class DeviceConfig:
     student: int
-    queue: int = 2               # frames waiting for the model; older ones are dropped
+    queue: int = 4               # frames waiting for the model; older ones are dropped
     xnnpack: bool = False        # faster on a Pi, but may differ from TFLM by 1 LSB
     stats_interval_s: float = 0.5
     client_id: str | None = None

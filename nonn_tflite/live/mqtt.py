@@ -18,7 +18,7 @@ import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable
-from urllib.parse import unquote, urlsplit
+from urllib.parse import quote, unquote, urlsplit
 
 from nonn_tflite.errors import NonnError, UsageError
 
@@ -26,6 +26,8 @@ log = logging.getLogger(__name__)
 
 DEFAULT_URL = "mqtt://127.0.0.1:1883"
 PROTOCOLS = ("auto", "5", "3.1.1")
+AUTO_PROBE_S = 2.0
+_VERSION_TROUBLE = {"Unsupported protocol version", "closed before CONNACK"}
 _AUTH_FAILURES = {"Bad user name or password", "Not authorized", "Bad authentication method"}
 
 
@@ -87,7 +89,16 @@ class BrokerConfig:
     @property
     def url(self) -> str:
         """The URL with the password hidden, for messages and logs."""
-        user = f"{self.username}{':***' if self.password else ''}@" if self.username else ""
+        return self.to_url(redact=True)
+
+    def to_url(self, redact: bool = True) -> str:
+        """Back to a URL; ``redact=False`` keeps the password (to hand to child processes)."""
+        user = ""
+        if self.username is not None:
+            user = quote(self.username, safe="")
+            if self.password is not None:
+                user += ":" + ("***" if redact else quote(self.password, safe=""))
+            user += "@"
         return f"{'mqtts' if self.tls else 'mqtt'}://{user}{self.host}:{self.port}"
 
     def with_protocol(self, protocol: str) -> "BrokerConfig":
@@ -133,6 +144,11 @@ class Connection:
         self._refusal: str | None = None
         self._client = None
         self._stopping = False
+        self._halting = False
+        self.unsolicited = 0
+        # "$share/<group>/<filter>" delivers messages of <filter>
+        self._filters = [t.split("/", 2)[2] if t.startswith("$share/") else t
+                         for t in config.subscriptions]
 
     # ---- life cycle -------------------------------------------------------------------
     def start(self) -> "Connection":
@@ -145,12 +161,15 @@ class Connection:
             self._refusal = None
             self._client.connect_async(self.broker.host, self.broker.port, self.broker.keepalive)
             self._client.loop_start()
-            self._first.wait(max(0.0, deadline - time.monotonic()))
+            remaining = max(0.0, deadline - time.monotonic())
+            last = i + 1 == len(protocols)
+            # Some 3.1.1-only brokers never answer an MQTT 5 CONNECT: do not wait for ever.
+            self._first.wait(remaining if last else min(remaining, AUTO_PROBE_S))
             if self.connected.is_set():
                 self.protocol = proto
                 return self
             self._halt()
-            if self._refusal == "Unsupported protocol version" and i + 1 < len(protocols):
+            if not last and (self._refusal is None or self._refusal in _VERSION_TROUBLE):
                 log.debug("broker %s refused MQTT %s; trying 3.1.1", self.broker.url, proto)
                 continue
             break
@@ -211,12 +230,14 @@ class Connection:
         client = self._client
         if client is None:
             return
+        self._halting = True
         try:
             client.disconnect()
         except Exception:  # noqa: BLE001
             pass
         client.loop_stop()
         self.connected.clear()
+        self._halting = False
 
     def _on_connect(self, client, userdata, flags, reason_code, properties) -> None:
         if reason_code.is_failure:
@@ -240,6 +261,10 @@ class Connection:
             _guard(self._on_connected_cb)
 
     def _on_disconnect(self, client, userdata, flags, reason_code, properties) -> None:
+        if self.connects == 0 and not self._first.is_set() and not self._halting:
+            # closed before any CONNACK: e.g. amqtt drops an MQTT 5 CONNECT carrying a will
+            self._refusal = self._refusal or "closed before CONNACK"
+            self._first.set()
         was = self.connected.is_set()
         self.connected.clear()
         if was:
@@ -248,8 +273,16 @@ class Connection:
                 log.warning("lost broker %s (%s); reconnecting", self.broker.url, reason_code)
 
     def _on_message(self, client, userdata, message) -> None:
+        if not self._subscribed_to(message.topic):
+            self.unsolicited += 1  # amqtt 0.12 leaks other topics' retained messages
+            return
         if self._on_message_cb is not None:
             _guard(self._on_message_cb, message.topic, bytes(message.payload), time.monotonic())
+
+    def _subscribed_to(self, topic: str) -> bool:
+        from paho.mqtt.client import topic_matches_sub
+
+        return any(topic_matches_sub(f, topic) for f in self._filters)
 
     def _start_error(self) -> BrokerError:
         url = self.broker.url

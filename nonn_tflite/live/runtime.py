@@ -114,3 +114,16 @@ def parent_to_watch() -> int | None:
     """``demo`` sets NONN_WATCH_PARENT to its pid so children exit if it dies."""
     value = os.environ.get("NONN_WATCH_PARENT")
     return int(value) if value and value.isdigit() else None
+
+
+def serve(node, duration_s: float | None = None) -> str:
+    """Run a started-on-demand node (``start()``/``stop()``) until a signal, the duration or the
+    death of a watching parent; always stops it cleanly (status ``offline``, final stats)."""
+    switch = StopSwitch()
+    if threading.current_thread() is threading.main_thread():
+        switch.install_signals()
+    node.start()
+    try:
+        return switch.wait(duration_s, parent_to_watch())
+    finally:
+        node.stop()

@@ -1,0 +1,90 @@
+"""``nonn-tflite convert`` and ``nonn-tflite inspect``: parse options, call the library, print."""
+
+from __future__ import annotations
+
+import json
+
+import click
+
+from nonn_tflite.commands.common import common_options, is_quiet
+
+
+@click.command()
+@click.argument("run_dir", type=click.Path(file_okay=False))
+@click.option("--board", "boards", default=None, metavar="NAME[,NAME...]",
+              help="Check each student against this board (one for all, or one per student). "
+                   "Default: the boards the distill stage used; none means no fit check.")
+@click.option("--no-board", is_flag=True, help="Skip the board fit check.")
+@click.option("--calibration", default=500, show_default=True, type=click.IntRange(min=1),
+              help="Training images used to calibrate the int8 ranges.")
+@click.option("--seed", default=0, show_default=True, type=int,
+              help="Seed that picks the calibration images (same seed, same bytes).")
+@click.option("--latency-runs", default=200, show_default=True, type=click.IntRange(min=200),
+              help="Single-image LiteRT runs per model for the latency median and p90.")
+@click.option("--parity-samples", default=32, show_default=True, type=click.IntRange(min=1),
+              help="Test images run through TFLM and LiteRT (reference kernels) for parity.")
+@click.option("--force", is_flag=True, help="Redo a finished convert stage.")
+@common_options
+def convert(run_dir: str, boards: str | None, no_board: bool, calibration: int, seed: int,
+            latency_runs: int, parity_samples: int, force: bool) -> None:
+    """Convert a distilled run to int8 TFLite Micro models, verify, measure and report.
+
+    \b
+    Writes RUN_DIR/tflite/: student_<k>.tflite, fusion.tflite, teacher.tflite,
+    deployment.json, test_sample.npz, calibration_indices.json and report.{json,md,csv,png}.
+    \b
+    Examples:
+      nonn-tflite convert runs/digits-k2
+      nonn-tflite convert runs/c10 --board esp32 --calibration 500
+    """
+    from nonn_tflite.convert import ConvertOptions, convert_run
+    from nonn_tflite.errors import BoardFitError
+    from nonn_tflite.report import print_report
+
+    names = [] if no_board else ([b.strip() for b in boards.split(",")] if boards else None)
+    opts = ConvertOptions(calibration=calibration, seed=seed, boards=names,
+                          latency_runs=latency_runs, parity_samples=parity_samples, force=force)
+    try:
+        result = convert_run(run_dir, opts)
+    except BoardFitError as exc:
+        if not is_quiet() and getattr(exc, "result", None) is not None:
+            print_report(exc.result.report)
+        raise
+    if not is_quiet():
+        print_report(result.report)
+    click.echo(f"wrote {result.tflite_dir} (report.md, report.png, deployment.json)")
+
+
+@click.command()
+@click.argument("model_file", type=click.Path(dir_okay=False))
+@click.option("--latency", "latency_runs", default=0, show_default=True, type=click.IntRange(min=0),
+              help="Also time N single-image LiteRT runs (reference kernels, 1 thread).")
+@click.option("--no-arena", is_flag=True, help="Skip the TFLM arena measurement.")
+@click.option("--no-tensors", is_flag=True, help="Do not list every tensor.")
+@click.option("--json", "as_json", is_flag=True, help="Print the facts as JSON.")
+@common_options
+def inspect(model_file: str, latency_runs: int, no_arena: bool, no_tensors: bool,
+            as_json: bool) -> None:
+    """Show ops, tensors, int8/TFLM check, arena, MACs and params of any .tflite file.
+
+    TFLite Micro runs in a child process, so a malformed model cannot crash this command.
+    Exit code 0: the model runs under TFLM; 1: it does not (problems listed); 2: the file is
+    not a sound .tflite model.
+
+    \b
+    Example:
+      nonn-tflite inspect runs/c10/tflite/student_0.tflite
+    """
+    from nonn_tflite.errors import CompatibilityError, ModelFileError
+    from nonn_tflite.profile import inspect_file
+    from nonn_tflite.report import print_inspection
+
+    ins = inspect_file(model_file, arena=not no_arena, latency_runs=latency_runs)
+    if as_json:
+        click.echo(json.dumps(ins.as_dict(), indent=2))
+    else:
+        print_inspection(ins, show_tensors=not no_tensors)
+    if ins.problems:  # the facts are shown; the exit code says the model cannot run
+        raise CompatibilityError(ins.problems, model_file)
+    if ins.arena_error:
+        raise ModelFileError(ins.arena_error)

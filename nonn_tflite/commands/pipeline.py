@@ -1,0 +1,367 @@
+"""``run``, ``teacher``, ``partition``, ``distill``, ``info`` and ``boards``."""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Callable
+
+import click
+
+from nonn_tflite.commands.common import common_options, import_tensorflow_quietly, is_quiet
+
+F = Callable[..., Any]
+
+
+def _stack(*decorators: F) -> F:
+    def apply(func: F) -> F:
+        for d in reversed(decorators):
+            func = d(func)
+        return func
+
+    return apply
+
+
+data_options = _stack(
+    click.option("--dataset", default="digits", show_default=True,
+                 help="digits (embedded, offline), cifar10, or a folder with train.npz/test.npz "
+                      "or train/<class>/ image subfolders."),
+    click.option("--data-dir", type=click.Path(file_okay=False), default=None,
+                 help="Where cifar10's train.npz/test.npz live (default ~/.cache/nonn-tflite/cifar10)."),
+    click.option("--val-fraction", type=float, default=0.1, show_default=True,
+                 help="Validation split carved from train (partitioning, early stopping, selection)."),
+    click.option("--subset", type=int, default=None, help="Use only this many training images (smoke tests)."),
+)
+
+teacher_options = _stack(
+    click.option("--arch", default="wrn-16-2", show_default=True,
+                 help="Teacher: wrn-<depth>-<width>, resnet-20 or resnet-8."),
+    click.option("--teacher", "teacher_path", type=click.Path(dir_okay=False), default=None,
+                 help="Use your own pretrained .keras teacher instead of training one."),
+)
+
+partition_options = _stack(
+    click.option("--rule", type=click.Choice(["hebbian-difference", "hebbian"]),
+                 default="hebbian-difference", show_default=True, help="Edge weight rule."),
+    click.option("--top-k", type=int, default=50, show_default=True,
+                 help="Most active filters per image that add edges."),
+    click.option("--percentile", type=float, default=99.0, show_default=True,
+                 help="Drop edges under this percentile of non-zero weights (0 keeps all)."),
+    click.option("--resolution", type=float, default=1.0, show_default=True, help="Louvain resolution."),
+    click.option("--feature-layer", default=None, help="Teacher layer to partition (default: last 4-D map)."),
+    click.option("--max-images", type=int, default=5000, show_default=True,
+                 help="Validation images used to build the filter network."),
+)
+
+budget_options = _stack(
+    click.option("--flash-kb", type=float, default=None, help="Model flash budget per device in KB (default 64)."),
+    click.option("--ram-kb", type=float, default=None, help="Tensor-arena budget per device in KB (default 32)."),
+    click.option("--board", "boards", default=None,
+                 help="Board profile(s), one for all or one per student: esp32,rp2040 (see `nonn-tflite boards`)."),
+)
+
+distill_options = _stack(
+    click.option("--alpha", type=float, default=0.9, show_default=True, help="Weight of KD against cross-entropy."),
+    click.option("--tau", type=float, default=4.0, show_default=True, help="KD temperature."),
+    click.option("--beta", type=float, default=10.0, show_default=True, help="Weight of attention transfer."),
+    click.option("--student-dropout", type=float, default=0.1, show_default=True,
+                 help="Probability a student's vector is zeroed in training (0 turns it off)."),
+)
+
+
+def train_options(prefix: str, epochs: int) -> F:
+    name = f"--{prefix}epochs" if prefix else "--epochs"
+    return _stack(
+        click.option(name, f"{prefix.replace('-', '_')}epochs", type=int, default=epochs,
+                     show_default=True, help="Training epochs."),
+    )
+
+
+def _positive(name: str, value: float | None) -> None:
+    from nonn_tflite.errors import UsageError
+
+    if value is not None and value <= 0:
+        raise UsageError(f"{name} must be positive, got {value}")
+
+
+def _data_cfg(dataset: str, data_dir: str | None, val_fraction: float, subset: int | None, seed: int):
+    from nonn_tflite.config import DataConfig
+
+    return DataConfig(dataset, data_dir, val_fraction, seed, subset)
+
+
+def _teacher_cfg(arch: str, teacher_path: str | None, epochs: int, batch_size: int, lr: float, seed: int):
+    from nonn_tflite.config import TeacherConfig, TrainConfig
+
+    _positive("--epochs", epochs)
+    return TeacherConfig(arch=arch if not teacher_path else "imported",
+                         train=TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, seed=seed),
+                         source=teacher_path)
+
+
+def _partition_cfg(students: int, rule: str, top_k: int, percentile: float, resolution: float,
+                   feature_layer: str | None, max_images: int, seed: int):
+    from nonn_tflite.config import PartitionConfig
+    from nonn_tflite.errors import UsageError
+
+    if students < 1:
+        raise UsageError(f"--students {students} must be at least 1")
+    _positive("--top-k", top_k)
+    _positive("--resolution", resolution)
+    if not 0 <= percentile < 100:
+        raise UsageError(f"--percentile {percentile} must be in [0, 100)")
+    return PartitionConfig(students, rule, top_k, percentile or None, resolution, feature_layer,
+                           max_images, seed)
+
+
+def _distill_cfg(alpha: float, tau: float, beta: float, student_dropout: float, flash_kb, ram_kb,
+                 boards: str | None, epochs: int, batch_size: int, lr: float, seed: int):
+    from nonn_tflite.config import BudgetConfig, DistillConfig, TrainConfig
+    from nonn_tflite.errors import UsageError
+
+    if not 0 <= alpha <= 1:
+        raise UsageError(f"--alpha {alpha} must be in [0, 1]")
+    _positive("--tau", tau)
+    _positive("--flash-kb", flash_kb)
+    _positive("--ram-kb", ram_kb)
+    _positive("--epochs", epochs)
+    if not 0 <= student_dropout < 1:
+        raise UsageError(f"--student-dropout {student_dropout} must be in [0, 1)")
+    board_list = [b.strip() for b in boards.split(",")] if boards else []
+    return DistillConfig(alpha, tau, beta, student_dropout, "resnet",
+                         BudgetConfig(flash_kb, ram_kb, board_list),
+                         TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, seed=seed))
+
+
+shared_options = _stack(
+    click.option("--seed", type=int, default=0, show_default=True, help="Seed for splits, partition and training."),
+    click.option("--batch-size", type=int, default=64, show_default=True),
+    click.option("--lr", type=float, default=0.05, show_default=True, help="Peak learning rate (cosine decay)."),
+)
+
+
+def _status(message: str):
+    from rich.console import Console
+
+    return Console(stderr=True).status(message) if not is_quiet() else _Null()
+
+
+class _Null:
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc: Any) -> None:
+        return None
+
+
+def print_summary(run) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    from nonn_tflite.pipeline import summary_rows
+
+    table = Table(title=f"NoNN run {run.path}", show_header=False)
+    table.add_column("what", style="bold")
+    table.add_column("value")
+    for k, v in summary_rows(run):
+        table.add_row(k, v)
+    Console().print(table)
+
+
+# -- commands -------------------------------------------------------------------------------
+
+@click.command()
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="Run directory to create.")
+@data_options
+@teacher_options
+@train_options("", 30)
+@shared_options
+@click.option("--force", is_flag=True, help="Redo the teacher stage of an existing run.")
+@common_options
+def teacher(out, dataset, data_dir, val_fraction, subset, arch, teacher_path, epochs, seed,
+            batch_size, lr, force):
+    """Train a teacher CNN (or import yours) into a new run directory.
+
+    \b
+    Examples:
+      nonn-tflite teacher --dataset cifar10 --arch wrn-16-4 --out runs/c10
+      nonn-tflite teacher --teacher my_model.keras --dataset cifar10 --out runs/mine
+    """
+    import_tensorflow_quietly()
+    from nonn_tflite.pipeline import run_teacher
+
+    run = run_teacher(out, _data_cfg(dataset, data_dir, val_fraction, subset, seed),
+                      _teacher_cfg(arch, teacher_path, epochs, batch_size, lr, seed), force, is_quiet())
+    print_summary(run)
+
+
+@click.command()
+@click.argument("run_dir", type=click.Path(file_okay=False))
+@click.option("--students", "-k", type=int, default=2, show_default=True, help="Number of students (devices), K.")
+@partition_options
+@click.option("--teacher", "teacher_path", type=click.Path(dir_okay=False), default=None,
+              help="Start RUN_DIR from your own pretrained .keras teacher.")
+@data_options
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--force", is_flag=True, help="Redo the partition (discards distilled students).")
+@common_options
+def partition(run_dir, students, rule, top_k, percentile, resolution, feature_layer, max_images,
+              teacher_path, dataset, data_dir, val_fraction, subset, seed, force):
+    """Split the teacher's last-layer filters into K disjoint groups, one per student.
+
+    \b
+    Examples:
+      nonn-tflite partition runs/c10 --students 4
+      nonn-tflite partition runs/mine --students 2 --teacher my_model.keras --dataset cifar10
+    """
+    import_tensorflow_quietly()
+    from nonn_tflite.pipeline import import_teacher, run_partition
+    from nonn_tflite.rundir import RunDir
+
+    cfg = _partition_cfg(students, rule, top_k, percentile, resolution, feature_layer, max_images, seed)
+    if teacher_path:
+        import_teacher(run_dir, teacher_path, _data_cfg(dataset, data_dir, val_fraction, subset, seed), force)
+    run = RunDir.open(run_dir, need="teacher")
+    with _status("building the filter activation network"):
+        run_partition(run, cfg, force)
+    print_summary(RunDir(run_dir))
+
+
+@click.command()
+@click.argument("run_dir", type=click.Path(file_okay=False))
+@budget_options
+@distill_options
+@train_options("", 40)
+@shared_options
+@click.option("--force", is_flag=True, help="Redo distillation of an existing run.")
+@common_options
+def distill(run_dir, flash_kb, ram_kb, boards, alpha, tau, beta, student_dropout, epochs, seed,
+            batch_size, lr, force):
+    """Train the K students and the fusion head from the frozen teacher (KD + attention).
+
+    \b
+    Examples:
+      nonn-tflite distill runs/c10 --flash-kb 64 --ram-kb 32
+      nonn-tflite distill runs/c10 --board esp32,rp2040 --epochs 60
+    """
+    import_tensorflow_quietly()
+    from nonn_tflite.pipeline import run_distill
+    from nonn_tflite.rundir import RunDir
+
+    run = RunDir.open(run_dir, need="partition")
+    cfg = _distill_cfg(alpha, tau, beta, student_dropout, flash_kb, ram_kb, boards, epochs,
+                       batch_size, lr, seed)
+    run_distill(run, cfg, force, is_quiet())
+    print_summary(RunDir(run_dir))
+
+
+@click.command()
+@click.option("--students", "-k", type=int, default=2, show_default=True, help="Number of students (devices), K.")
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="Run directory to create.")
+@data_options
+@teacher_options
+@train_options("teacher-", 30)
+@partition_options
+@budget_options
+@distill_options
+@train_options("", 40)
+@shared_options
+@click.option("--no-convert", is_flag=True, help="Stop after distillation (skip int8 conversion).")
+@click.option("--force", is_flag=True, help="Redo every stage of an existing run.")
+@common_options
+def run(students, out, dataset, data_dir, val_fraction, subset, arch, teacher_path, teacher_epochs,
+        rule, top_k, percentile, resolution, feature_layer, max_images, flash_kb, ram_kb, boards,
+        alpha, tau, beta, student_dropout, epochs, seed, batch_size, lr, no_convert, force):
+    """Whole pipeline: teacher -> partition -> distill -> int8 convert + report.
+
+    \b
+    Example (offline, embedded digits, a few minutes on 2 cores):
+      nonn-tflite run --students 2 --out runs/digits-k2
+    \b
+    CIFAR-10 with 4 ESP32s:
+      nonn-tflite run --dataset cifar10 --arch resnet-20 --students 4 --board esp32 --out runs/c10
+    """
+    import_tensorflow_quietly()
+    from nonn_tflite.errors import RunDirError
+    from nonn_tflite.pipeline import run_distill, run_partition, run_teacher
+    from nonn_tflite.rundir import RunDir
+
+    data = _data_cfg(dataset, data_dir, val_fraction, subset, seed)
+    tcfg = _teacher_cfg(arch, teacher_path, teacher_epochs, batch_size, lr, seed)
+    pcfg = _partition_cfg(students, rule, top_k, percentile, resolution, feature_layer, max_images, seed)
+    dcfg = _distill_cfg(alpha, tau, beta, student_dropout, flash_kb, ram_kb, boards, epochs,
+                        batch_size, lr, seed)
+    if RunDir(out).manifest and not force:
+        raise RunDirError(f"{out} already holds a run; pass --force to redo it or choose another --out")
+    quiet = is_quiet()
+    run_dir = run_teacher(out, data, tcfg, force, quiet)
+    with _status("partitioning the teacher's filters"):
+        run_partition(run_dir, pcfg, force)
+    run_distill(RunDir(out), dcfg, force, quiet)
+    if not no_convert:
+        _convert_if_available(out, force)
+    print_summary(RunDir(out))
+
+
+def _convert_if_available(out: str, force: bool) -> None:
+    """End ``run`` with int8 conversion and its report (the convert stage's own command)."""
+    try:
+        from nonn_tflite.commands.convert import convert_and_report
+    except ImportError:
+        return
+    convert_and_report(out, force=force)
+
+
+@click.command()
+@click.argument("run_dir", type=click.Path(file_okay=False))
+@click.option("--json", "as_json", is_flag=True, help="Print the whole manifest as JSON.")
+@common_options
+def info(run_dir, as_json):
+    """Show what a run directory holds: stages, accuracies, students.
+
+    \b
+    Example:
+      nonn-tflite info runs/digits-k2
+      nonn-tflite info runs/digits-k2 --json | jq .metrics
+    """
+    from nonn_tflite.rundir import RunDir
+
+    run = RunDir.open(run_dir)
+    if as_json:
+        click.echo(json.dumps(run.manifest, indent=2))
+        return
+    print_summary(run)
+    stale = run.verify_files()
+    if stale:
+        click.echo(f"warning: files changed since the manifest was written: {', '.join(stale)}", err=True)
+
+
+@click.command()
+@click.option("--json", "as_json", is_flag=True, help="Print the catalogue as JSON.")
+@common_options
+def boards(as_json):
+    """List the built-in board profiles and the memory each leaves for a student.
+
+    \b
+    Example:
+      nonn-tflite boards
+      nonn-tflite distill runs/c10 --board esp32,nano33ble
+    """
+    from rich.console import Console
+    from rich.table import Table
+
+    from nonn_tflite.boards import BOARDS, KB
+
+    if as_json:
+        click.echo(json.dumps({n: b.as_dict() for n, b in BOARDS.items()}, indent=2))
+        return
+    table = Table(title="Board profiles", caption="model flash / arena = what runtime + app leave "
+                  "(estimates); sources: --json")
+    for col in ("board", "core", "MHz", "flash KB", "RAM KB", "model KB", "arena KB", "radio"):
+        table.add_column(col, justify="right" if "KB" in col or col == "MHz" else "left")
+    for b in BOARDS.values():
+        table.add_row(b.name, b.core, str(b.clock_mhz), f"{b.flash_bytes / KB:,.0f}", f"{b.ram_bytes / KB:,.0f}",
+                      f"{b.model_flash_bytes / KB:,.0f}", f"{b.model_ram_bytes / KB:,.0f}", b.radio)
+    Console().print(table)
+
+
+__all__ = ["run", "teacher", "partition", "distill", "info", "boards"]

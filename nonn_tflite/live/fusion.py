@@ -1,0 +1,286 @@
+"""Fusion node: gathers the K feature vectors of a frame and classifies them.
+
+A frame is fused as soon as all K students reported, or at a deadline after its first vector
+arrived; missing students are zero-filled (the quantised value of 0.0), the degradation the
+students were trained for with student dropout. The decisions (complete, partial, late,
+duplicate, out of order) live in :class:`FusionCore`, which takes time as an argument so it can
+be tested without sleeping.
+
+Several workers can share the load with ``--group``: every worker sees every (small) feature
+vector, but the broker hands each *image* to exactly one member of the MQTT shared subscription
+``$share/<group>/nonn/<dep>/image``, and only that worker fuses and publishes the frame. (A shared
+subscription on the feature topics would split one frame's K vectors across workers.)
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from collections import Counter, OrderedDict
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from nonn_tflite.live.models import Deployment, FusionRunner, QParams
+from nonn_tflite.live.mqtt import BrokerConfig, Connection, ConnectionConfig, make_client_id
+from nonn_tflite.live.protocol import U32, Decoder, DType, Frame, MsgType, Topics, encode
+from nonn_tflite.live.runtime import DropOldestQueue, Window
+
+log = logging.getLogger(__name__)
+
+RECENT = 4096  # remembered finished/claimed sequence numbers (bounded memory)
+
+
+@dataclass(frozen=True)
+class FusionConfig:
+    deadline_ms: float | None = None   # None: adapt to the observed spread of device arrivals
+    group: str | None = None           # shared-subscription group of fusion workers
+    queue: int = 1024                  # received messages waiting for the fusion thread
+    max_pending: int = 256             # frames being assembled at once
+    stats_interval_s: float = 0.5
+    xnnpack: bool = False
+    client_id: str | None = None
+    node: str = "fusion"
+
+
+class AdaptiveDeadline:
+    """How long to wait for stragglers: 3 x p99 of the first-to-last arrival spread + 20 ms.
+
+    Derived from complete frames only, clamped to [30 ms, 2 s]; 500 ms until 10 are seen.
+    """
+
+    def __init__(self, fixed_ms: float | None = None) -> None:
+        self.fixed = None if fixed_ms is None else fixed_ms / 1e3
+        self.spreads = Window(200)
+        self._value = 0.5 if self.fixed is None else self.fixed
+        self._since = 0
+
+    def observe(self, spread_s: float) -> None:
+        self.spreads.add(spread_s)
+        self._since += 1
+        if self.fixed is None and len(self.spreads) >= 10 and self._since >= 10:
+            self._since = 0
+            p99 = self.spreads.p(99) or 0.0
+            self._value = min(2.0, max(0.03, 3.0 * p99 + 0.02))
+
+    @property
+    def seconds(self) -> float:
+        return self._value
+
+
+@dataclass
+class Pending:
+    first_arrival: float
+    timestamp_us: int
+    parts: dict[int, Frame] = field(default_factory=dict)
+    last_arrival: float = 0.0
+
+
+def _seq_newer(a: int, b: int) -> bool:
+    """a after b in 32-bit serial-number arithmetic (RFC 1982)."""
+    return a != b and ((a - b) & U32) < (1 << 31)
+
+
+class FusionCore:
+    """Assembles frames and fuses them; no MQTT, no clock (callers pass ``now``)."""
+
+    def __init__(self, deployment: Deployment, config: FusionConfig = FusionConfig()) -> None:
+        self.deployment = deployment
+        self.config = config
+        self.runner = FusionRunner(deployment, config.xnnpack)
+        self.k = len(deployment.students)
+        self.deadline = AdaptiveDeadline(config.deadline_ms)
+        self.counters: Counter[str] = Counter()
+        self.fuse_ms = Window()
+        self.pending: dict[int, Pending] = {}
+        self.done: OrderedDict[int, frozenset[int]] = OrderedDict()
+        self.claims: OrderedDict[int, None] = OrderedDict()
+        self.high: tuple[int, int] | None = None  # (seq, timestamp) of the newest finished frame
+
+    # ---- inputs ---------------------------------------------------------------------
+    def add_feature(self, frame: Frame, now: float) -> list[Frame]:
+        """Take one device vector; returns the predictions it completes (0 or more)."""
+        s, k = frame.seq, frame.student
+        if s in self.done:
+            self.counters["duplicate" if k in self.done[s] else "late"] += 1
+            return []
+        entry = self.pending.get(s)
+        if entry is None:
+            if self._is_stale(frame):
+                self.counters["out_of_order"] += 1
+                return []
+            entry = self.pending[s] = Pending(now, frame.timestamp_us)
+        if k in entry.parts:
+            self.counters["duplicate"] += 1
+            return []
+        entry.parts[k] = frame
+        entry.last_arrival = now
+        out = self._evict(now)
+        if len(entry.parts) == self.k and self._owned(s):
+            out += self._finish(s, now)
+        return out
+
+    def add_claim(self, seq: int, now: float) -> list[Frame]:
+        """Group mode: the broker gave us this frame's image, so this worker fuses it."""
+        self.claims[seq] = None
+        while len(self.claims) > RECENT:
+            self.claims.popitem(last=False)
+        entry = self.pending.get(seq)
+        if entry is not None and len(entry.parts) == self.k:
+            return self._finish(seq, now)
+        return []
+
+    def expire(self, now: float) -> list[Frame]:
+        """Finish every frame whose deadline has passed (partial frames)."""
+        limit = self.deadline.seconds
+        due = [s for s, e in self.pending.items() if now - e.first_arrival >= limit]
+        out: list[Frame] = []
+        for s in due:
+            out += self._finish(s, now)
+        return out
+
+    def next_due(self) -> float | None:
+        """Monotonic time of the earliest deadline, None when nothing is pending."""
+        if not self.pending:
+            return None
+        return min(e.first_arrival for e in self.pending.values()) + self.deadline.seconds
+
+    # ---- fusion -------------------------------------------------------------------------
+    def fuse(self, parts: dict[int, Frame]) -> np.ndarray:
+        """int8 logits from the students present; missing slices are zero-filled."""
+        return self.runner.logits({k: (f.values(), QParams(f.scale, f.zero_point))
+                                   for k, f in parts.items()})
+
+    def prediction(self, seq: int, timestamp_us: int, logits: np.ndarray) -> Frame:
+        q = self.runner.output_q
+        return Frame(MsgType.PREDICTION, self.deployment.id, seq, timestamp_us,
+                     logits.astype(np.int8).tobytes(), dtype=DType.INT8, scale=q.scale,
+                     zero_point=q.zero_point)
+
+    # ---- internals ----------------------------------------------------------------------
+    def _owned(self, seq: int) -> bool:
+        return self.config.group is None or seq in self.claims
+
+    def _is_stale(self, frame: Frame) -> bool:
+        """Older than a frame already finished, and not a restarted source (later capture)."""
+        if self.high is None:
+            return False
+        high_seq, high_ts = self.high
+        return not _seq_newer(frame.seq, high_seq) and frame.timestamp_us <= high_ts
+
+    def _evict(self, now: float) -> list[Frame]:
+        out: list[Frame] = []
+        while len(self.pending) > self.config.max_pending:
+            oldest = min(self.pending, key=lambda s: self.pending[s].first_arrival)
+            self.counters["evicted"] += 1
+            out += self._finish(oldest, now)
+        return out
+
+    def _finish(self, seq: int, now: float) -> list[Frame]:
+        entry = self.pending.pop(seq)
+        self.done[seq] = frozenset(entry.parts)
+        while len(self.done) > RECENT:
+            self.done.popitem(last=False)
+        if self.high is None or entry.timestamp_us >= self.high[1]:
+            self.high = (seq, entry.timestamp_us)
+        if not self._owned(seq):
+            self.counters["not_owned"] += 1
+            return []
+        complete = len(entry.parts) == self.k
+        self.counters["complete" if complete else "partial"] += 1
+        if complete:
+            self.deadline.observe(entry.last_arrival - entry.first_arrival)
+        t0 = time.perf_counter()
+        logits = self.fuse(entry.parts)
+        self.fuse_ms.add((time.perf_counter() - t0) * 1e3)
+        self.counters["predicted"] += 1
+        return [self.prediction(seq, entry.timestamp_us, logits)]
+
+
+class FusionNode:
+    """MQTT around a FusionCore: one receive queue, one thread that owns all state."""
+
+    def __init__(self, deployment: Deployment, broker: BrokerConfig,
+                 config: FusionConfig = FusionConfig()) -> None:
+        self.deployment = deployment
+        self.config = config
+        self.core = FusionCore(deployment, config)
+        self.topics = deployment.topics
+        self.decoder = Decoder(deployment.id, deployment.feature_widths,
+                               image_size=deployment.image_size,
+                               num_classes=deployment.num_classes)
+        self.inbox: DropOldestQueue[tuple[str, bytes, float]] = DropOldestQueue(config.queue)
+        self.bytes_in = 0
+        self.predictions_sent = 0
+        self._stop = threading.Event()
+        self._worker: threading.Thread | None = None
+        subs = [self.topics.features]
+        if config.group:
+            subs.append(Topics.shared(config.group, self.topics.image))
+        self.conn = Connection(broker, ConnectionConfig(
+            client_id=config.client_id or make_client_id(config.node),
+            subscriptions=tuple(subs), status_topic=self.topics.status(config.node)),
+            on_message=lambda topic, payload, t: self.inbox.put((topic, payload, t)))
+
+    def start(self) -> "FusionNode":
+        self.conn.start()
+        self._worker = threading.Thread(target=self._work, name=self.config.node, daemon=True)
+        self._worker.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._worker is not None:
+            self._worker.join(timeout=5.0)
+        self._publish_stats()
+        self.conn.stop()
+
+    def _work(self) -> None:
+        next_stats = time.monotonic()
+        while not self._stop.is_set():
+            due = self.core.next_due()
+            wait = 0.1 if due is None else min(0.1, max(0.0, due - time.monotonic()))
+            item = self.inbox.get(timeout=wait)
+            if item is not None:
+                self._publish(self._receive(*item))
+            self._publish(self.core.expire(time.monotonic()))
+            if time.monotonic() >= next_stats:
+                self._publish_stats()
+                next_stats = time.monotonic() + self.config.stats_interval_s
+
+    def _receive(self, topic: str, payload: bytes, t: float) -> list[Frame]:
+        self.bytes_in += len(payload)
+        if topic.endswith("/image"):  # a claim in group mode
+            frame = self.decoder.decode(payload, expect=MsgType.IMAGE)
+            return [] if frame is None else self.core.add_claim(frame.seq, t)
+        frame = self.decoder.decode(payload, expect=MsgType.FEATURE)
+        if frame is None:
+            return []
+        if Topics.last_level(topic) != str(frame.student):
+            self.decoder.reject("topic_mismatch")
+            return []
+        return self.core.add_feature(frame, t)
+
+    def _publish(self, predictions: list[Frame]) -> None:
+        for frame in predictions:
+            if self.conn.publish(self.topics.prediction, encode(frame)):
+                self.predictions_sent += 1
+
+    def stats(self) -> dict:
+        c = self.core.counters
+        return {
+            "node": self.config.node, "kind": "fusion", "group": self.config.group,
+            "predicted": c["predicted"], "complete": c["complete"], "partial": c["partial"],
+            "late": c["late"], "duplicate": c["duplicate"], "out_of_order": c["out_of_order"],
+            "evicted": c["evicted"], "not_owned": c["not_owned"],
+            "pending": len(self.core.pending), "deadline_ms": self.core.deadline.seconds * 1e3,
+            "fuse_ms_p50": self.core.fuse_ms.p(50), "queue_dropped": self.inbox.dropped,
+            "bytes_in": self.bytes_in, "predictions_sent": self.predictions_sent,
+            "rejected": dict(self.decoder.counters), "reconnects": self.conn.reconnects,
+            "time": time.time(),
+        }
+
+    def _publish_stats(self) -> None:
+        self.conn.publish(self.topics.stats(self.config.node), json.dumps(self.stats()).encode())

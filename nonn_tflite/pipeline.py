@@ -1,0 +1,172 @@
+"""The pipeline stages on a run directory: teacher -> partition -> distill (-> convert).
+
+Each function runs one stage inside :meth:`RunDir.stage`, so a stage either finishes and is
+recorded in the manifest, or leaves the run as it was. The CLI commands call these.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+
+from nonn_tflite.config import (DataConfig, DistillConfig, PartitionConfig, TeacherConfig,
+                                from_dict, to_dict)
+from nonn_tflite.rundir import RunDir, write_json
+
+log = logging.getLogger("nonn_tflite")
+
+
+def _save_model(model, path: Path) -> None:
+    model.save(path)
+
+
+def run_teacher(out: str | Path, data: DataConfig, cfg: TeacherConfig, force: bool = False,
+                quiet: bool = False) -> RunDir:
+    """Train a teacher (or import ``cfg.source``, a user's .keras) into a new run directory."""
+    from nonn_tflite.data import load_dataset
+    from nonn_tflite.teacher import (check_input_shape, evaluate, find_feature_layer,
+                                     load_keras_model, train_teacher)
+    from nonn_tflite.training import history_csv
+
+    run = RunDir(out)
+    ds = load_dataset(data)
+    with run.stage("teacher", force=force) as st:
+        if cfg.source:
+            model = load_keras_model(cfg.source)
+            check_input_shape(model, ds)
+            history = None
+        else:
+            model, history = train_teacher(ds, cfg, quiet=quiet)
+        feature_layer = find_feature_layer(model)
+        _save_model(model, st.dir / "teacher.keras")
+        if history is not None:
+            history_csv(history, st.dir / "history_teacher.csv")
+        acc = evaluate(model, ds.x_test, ds.y_test)
+        st.config = to_dict(cfg)
+        st.metrics = {"teacher_accuracy": acc, "teacher_params": int(model.count_params()),
+                      "teacher_val_accuracy": evaluate(model, ds.x_val, ds.y_val)}
+        st.extra = {"data": to_dict(data), "dataset": ds.describe(), "feature_layer": feature_layer}
+    log.info("teacher %s: test accuracy %.4f, %d params", cfg.source or cfg.arch, acc,
+             model.count_params())
+    return run
+
+
+def run_partition(run: RunDir, cfg: PartitionConfig, force: bool = False) -> dict:
+    """Partition the teacher's feature-layer filters into ``cfg.students`` groups."""
+    from nonn_tflite.partition import filter_activity, partition_filters, plot_partition
+    from nonn_tflite.teacher import load_keras_model, predict_features, teacher_view
+
+    run.require("teacher")
+    ds = run.load_dataset()
+    teacher = load_keras_model(run.file("teacher.keras"))
+    view = teacher_view(teacher, cfg.feature_layer or run.manifest.get("feature_layer"))
+    x = ds.x_val[: cfg.max_images]
+    fmap, _ = predict_features(view, x)
+    activity = filter_activity(fmap)
+    result = partition_filters(activity, cfg)
+    doc = result.to_json(cfg, view.feature_layer, len(x))
+    with run.stage("partition", force=force) as st:
+        write_json(st.dir / "partition.json", doc)
+        plot_partition(result, st.dir / "partition.png", cfg.seed)
+        st.config = to_dict(cfg)
+        st.metrics = {"num_students": cfg.students, "modularity": doc["modularity"]}
+    log.info("partition: %d filters -> %s (modularity %.3f, %d communities)", doc["num_filters"],
+             doc["sizes"], doc["modularity"], doc["communities"])
+    return doc
+
+
+def load_partition(run: RunDir) -> dict:
+    run.require("partition")
+    return json.loads(run.file("partition.json").read_text())
+
+
+def plan_students(run: RunDir, cfg: DistillConfig) -> tuple[list, list]:
+    """Size each student from its device budget (largest that fits)."""
+    from nonn_tflite.boards import device_budgets
+    from nonn_tflite.sizing import choose_student
+
+    parts = load_partition(run)["partitions"]
+    ds_shape = tuple(run.manifest["dataset"]["input_shape"])
+    budgets = device_budgets(len(parts), cfg.budget.flash_kb, cfg.budget.ram_kb, cfg.budget.boards)
+    return [choose_student(b, len(p), ds_shape, k) for k, (b, p) in enumerate(zip(budgets, parts))], budgets
+
+
+def run_distill(run: RunDir, cfg: DistillConfig, force: bool = False, quiet: bool = False) -> dict:
+    """Train the students and the fusion head; record float NoNN accuracy on the test split."""
+    from nonn_tflite.distill import distill, nonn_logits
+    from nonn_tflite.teacher import load_keras_model, teacher_view
+    from nonn_tflite.training import accuracy, history_csv
+
+    run.require("partition")
+    estimates, budgets = plan_students(run, cfg)
+    ds = run.load_dataset()
+    part = load_partition(run)
+    teacher = load_keras_model(run.file("teacher.keras"))
+    view = teacher_view(teacher, part.get("feature_layer"))
+    result = distill(ds, view, part["partitions"], cfg, estimates, quiet=quiet)
+    acc = accuracy(nonn_logits(result.students, result.fusion, ds.x_test), ds.y_test)
+    students = []
+    with run.stage("distill", force=force) as st:
+        for k, (model, est, budget) in enumerate(zip(result.students, estimates, budgets)):
+            _save_model(model, st.dir / f"student_{k}.keras")
+            students.append({"id": k, "file": f"student_{k}.keras", "filters": len(part["partitions"][k]),
+                             "params": int(model.count_params()), "arch": est.spec.describe(),
+                             "width": est.spec.width, "blocks": est.spec.blocks,
+                             "estimated_flash_bytes": est.flash_bytes,
+                             "estimated_arena_bytes": est.ram_bytes,
+                             "budget": {"flash_bytes": budget.flash_bytes, "ram_bytes": budget.ram_bytes,
+                                        "board": budget.board}})
+        _save_model(result.fusion, st.dir / "fusion.keras")
+        history_csv(result.history, st.dir / "history_distill.csv")
+        st.config = to_dict(cfg)
+        st.metrics = {"nonn_accuracy": acc, "nonn_val_accuracy": result.val_accuracy,
+                      "student_params": [s["params"] for s in students]}
+        st.extra = {"students": students}
+    log.info("NoNN (K=%d): test accuracy %.4f", len(students), acc)
+    return {"nonn_accuracy": acc, "students": students}
+
+
+def import_teacher(out: str | Path, teacher_path: str, data: DataConfig, force: bool = False) -> RunDir:
+    """A run directory around a user's own pretrained teacher."""
+    return run_teacher(out, data, TeacherConfig(arch="imported", source=str(teacher_path)), force)
+
+
+def saved_config(run: RunDir, stage: str, cls, **overrides):
+    """A stage's config as recorded in the manifest, with command-line overrides."""
+    cfg = from_dict(cls, run.config(stage))
+    return replace(cfg, **{k: v for k, v in overrides.items() if v is not None})
+
+
+def summary_rows(run: RunDir) -> list[tuple[str, str]]:
+    """Key facts of a run for ``info`` and the end of ``run``."""
+    m = run.manifest
+    met = m.get("metrics", {})
+    rows = [("run", str(run.path)), ("dataset", m.get("dataset", {}).get("name", "?")),
+            ("stages", ", ".join(m.get("stages", {})))]
+    if "teacher_accuracy" in met:
+        rows.append(("teacher", f"{m['config']['teacher'].get('arch')}  {met['teacher_params']:,} params  "
+                                f"test accuracy {met['teacher_accuracy']:.4f}"))
+    if "nonn_accuracy" in met:
+        rows.append(("NoNN (float)", f"K={len(m.get('students', []))}  test accuracy {met['nonn_accuracy']:.4f}"))
+    for s in m.get("students", []):
+        ratio = met.get("teacher_params", 0) / max(1, s["params"])
+        rows.append((f"student {s['id']}", f"{s['filters']} filters  {s['params']:,} params "
+                                           f"({ratio:.1f}x fewer than teacher)  {s['arch']}"))
+    for key in ("int8_accuracy", "accuracy_int8"):
+        if key in met:
+            rows.append(("NoNN (int8)", f"test accuracy {met[key]:.4f}"))
+    return rows
+
+
+def student_param_ratio(run: RunDir) -> float:
+    met = run.manifest.get("metrics", {})
+    params = [s["params"] for s in run.manifest.get("students", [])]
+    return float(met.get("teacher_params", 0)) / max(params) if params else float("nan")
+
+
+__all__ = ["run_teacher", "run_partition", "run_distill", "import_teacher", "summary_rows",
+           "saved_config", "plan_students"]

@@ -1,0 +1,205 @@
+"""Fixtures for the firmware tests: a tiny real deployment and a host C/C++ compiler.
+
+The deployment is built here (the training pipeline is not a dependency of these tests): two
+small CNN students and a Dense fusion, trained briefly on scikit-learn's 8x8 digits and
+converted to full-integer int8 exactly as docs/ARCHITECTURE.md lays out a run directory.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+WIDTHS = (5, 6)
+DEPLOYMENT = "digits-k2"
+HERE = Path(__file__).parent
+
+
+@dataclass(frozen=True)
+class Fixture:
+    run: Path
+    images: np.ndarray  # uint8 (N, 8, 8, 1)
+    labels: np.ndarray
+
+    @property
+    def tflite(self) -> Path:
+        return self.run / "tflite"
+
+    def model(self, name: str) -> bytes:
+        return (self.tflite / f"{name}.tflite").read_bytes()
+
+
+def _digits() -> tuple[np.ndarray, np.ndarray]:
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    images = np.round(d.images * 255 / 16).astype(np.uint8)[..., None]
+    return images, d.target.astype(np.int64)
+
+
+def _student(keras, width: int, name: str):
+    inp = keras.Input((8, 8, 1))
+    h = keras.layers.Conv2D(12, 3, padding="same", activation="relu")(inp)
+    h = keras.layers.Conv2D(width, 1, activation="relu")(h)
+    return keras.Model(inp, keras.layers.GlobalAveragePooling2D()(h), name=name)
+
+
+def _convert(tf, model, representative: np.ndarray) -> bytes:
+    conv = tf.lite.TFLiteConverter.from_keras_model(model)
+    conv.optimizations = [tf.lite.Optimize.DEFAULT]
+    conv.representative_dataset = lambda: ([r[None].astype(np.float32)] for r in representative)
+    conv.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+    conv.inference_input_type = tf.int8
+    conv.inference_output_type = tf.int8
+    return conv.convert()
+
+
+def _quant(data: bytes, which: str) -> dict:
+    from firmware_bridge.model import read_model
+
+    t = getattr(read_model(data), which)[0]
+    return {"scale": t.scale, "zero_point": t.zero_point}
+
+
+def build_run(root: Path) -> Fixture:
+    """Train, convert and lay out a two-student run under ``root``."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    import keras
+    import tensorflow as tf
+
+    from firmware_bridge.arena import measure_arena
+
+    images, labels = _digits()
+    x = images.astype(np.float32) / 255.0
+    keras.utils.set_random_seed(0)
+    students = [_student(keras, w, f"s{k}") for k, w in enumerate(WIDTHS)]
+    fin = keras.Input((sum(WIDTHS),))
+    fusion = keras.Model(fin, keras.layers.Dense(10)(fin), name="fusion")
+    inp = keras.Input((8, 8, 1))
+    joint = keras.Model(inp, fusion(keras.layers.Concatenate()([s(inp) for s in students])))
+    joint.compile(keras.optimizers.Adam(0.01),
+                  keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    joint.fit(x, labels, epochs=12, batch_size=64, verbose=0)
+
+    tdir = root / "tflite"
+    tdir.mkdir(parents=True)
+    rep = x[:128]
+    blobs = {f"student_{k}": _convert(tf, s, rep) for k, s in enumerate(students)}
+    feats = np.concatenate([s.predict(rep, verbose=0) for s in students], axis=1)
+    blobs["fusion"] = _convert(tf, fusion, feats)
+    for name, blob in blobs.items():
+        (tdir / f"{name}.tflite").write_bytes(blob)
+
+    # Arena numbers reach the exporter three ways: deployment.json (student 0), report.json
+    # (student 1), or not at all (fusion: the exporter measures it).
+    arena0 = measure_arena(blobs["student_0"])
+    arena1 = measure_arena(blobs["student_1"])
+    meta = {
+        "schema": 1, "deployment": DEPLOYMENT, "num_classes": 10,
+        "class_names": [str(i) for i in range(10)], "input_shape": [8, 8, 1],
+        "students": [
+            {"id": k, "file": f"student_{k}.tflite", "filters": list(range(w)), "width": w,
+             "input": _quant(blobs[f"student_{k}"], "inputs"),
+             "output": _quant(blobs[f"student_{k}"], "outputs"), "board": "esp32",
+             **({"arena_bytes": arena0} if k == 0 else {})}
+            for k, w in enumerate(WIDTHS)
+        ],
+        "fusion": {"file": "fusion.tflite", "input_width": sum(WIDTHS),
+                   "input": _quant(blobs["fusion"], "inputs"),
+                   "output": _quant(blobs["fusion"], "outputs")},
+        "fusion_input": "requantise",
+    }
+    (tdir / "deployment.json").write_text(json.dumps(meta, indent=2))
+    report = {"models": [{"name": "student_1", "file": "student_1.tflite",
+                          "arena_bytes": arena1, "flash_bytes": len(blobs["student_1"])}]}
+    (tdir / "report.json").write_text(json.dumps(report, indent=2))
+    return Fixture(root, images, labels)
+
+
+@pytest.fixture(scope="session")
+def run(tmp_path_factory: pytest.TempPathFactory) -> Fixture:
+    return build_run(tmp_path_factory.mktemp("runs") / "c10")
+
+
+@pytest.fixture(scope="session")
+def esp32_fw(run: Fixture, tmp_path_factory: pytest.TempPathFactory):
+    from firmware_bridge import export_project
+
+    out = tmp_path_factory.mktemp("fw-esp32") / "fw"
+    return export_project(run.run, "esp32-platformio", out, wifi_ssid="lab",
+                          broker="mqtt://192.0.2.10:1883")
+
+
+@pytest.fixture(scope="session")
+def linux_fw(run: Fixture, tmp_path_factory: pytest.TempPathFactory):
+    from firmware_bridge import export_project
+
+    out = tmp_path_factory.mktemp("fw-linux") / "fw"
+    return export_project(run.run, "linux", out, broker="mqtt://127.0.0.1:1883")
+
+
+# ---- host compiler ---------------------------------------------------------------------
+
+C_FLAGS = ["-std=c99", "-Wall", "-Wextra", "-Werror", "-pedantic", "-O1"]
+CXX_FLAGS = ["-std=c++17", "-Wall", "-Wextra", "-Werror", "-O1"]
+
+
+@dataclass(frozen=True)
+class HostCompiler:
+    """gcc/g++ with warnings as errors: generated code must build cleanly, not just build."""
+
+    workdir: Path
+
+    def objects(self, sources: list[Path], includes: list[Path]) -> list[Path]:
+        objs = []
+        inc = [f"-I{p}" for p in includes]
+        for src in sources:
+            obj = self.workdir / f"{src.parent.name}_{src.name}.o"
+            cxx = src.suffix in (".cc", ".cpp")
+            cmd = (["g++", *CXX_FLAGS] if cxx else ["gcc", *C_FLAGS]) + inc + ["-c", str(src),
+                                                                               "-o", str(obj)]
+            _run(cmd)
+            objs.append(obj)
+        return objs
+
+    def program(self, name: str, sources: list[Path], includes: list[Path] = ()) -> Path:
+        objs = self.objects(list(sources), list(includes))
+        exe = self.workdir / name
+        _run(["g++", *(str(o) for o in objs), "-lm", "-o", str(exe)])
+        return exe
+
+    def syntax(self, source: Path, includes: list[Path], extra: list[str] = ()) -> None:
+        cxx = source.suffix in (".cc", ".cpp")
+        cmd = (["g++", *CXX_FLAGS] if cxx else ["gcc", *C_FLAGS]) + list(extra)
+        _run(cmd + [f"-I{p}" for p in includes] + ["-fsyntax-only", str(source)])
+
+
+def _run(cmd: list[str]) -> None:
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise AssertionError(f"{' '.join(cmd)}\n{proc.stdout}{proc.stderr}")
+
+
+@pytest.fixture(scope="session")
+def cc(tmp_path_factory: pytest.TempPathFactory) -> HostCompiler:
+    if not (shutil.which("gcc") and shutil.which("g++")):
+        pytest.skip("gcc/g++ not installed")
+    return HostCompiler(tmp_path_factory.mktemp("cc"))
+
+
+@pytest.fixture(scope="session")
+def c_drivers() -> Path:
+    """Test-only C drivers that exercise the generated sources from stdin/stdout."""
+    return HERE / "c"
+
+
+def deployment_id(name: str = DEPLOYMENT) -> int:
+    return zlib.crc32(name.encode()) & 0xFFFFFFFF
