@@ -202,18 +202,20 @@ def _device_plan(dep: Deployment, student: Student, tgt: Target,
     arena = tgt.margin.apply(model.arena.bytes)
     _check_fit(model, arena, tgt)
     name = f"device_{student.id}"
+    node = f"device-{student.id}"  # the Python device's node name: same status topic
     t = topics(dep.name)
     project_topics = {"image": t["image"], "feature": f"{t['prefix']}/feature/{student.id}",
-                      "status": f"{t['prefix']}/status/{name}"}
+                      "status": f"{t['prefix']}/status/{node}"}
     ops = _ops(model)
     header, source = to_c_array(model.name, model.data, source_note=model.path.name)
     longest = max(len(v) for v in project_topics.values())
     frame = max(model.input_size, student.width)
     context = {
-        **base, "project": name, "role": "device", "student": student, "model": model,
+        **base, "project": name, "node": node, "role": "device", "student": student,
+        "model": model,
         "topics": project_topics, "arena_bytes": arena, "ops": ops,
         "symbol": array_symbol(model.name), "input_hwc": _hwc(model),
-        "client_id": f"nonn-{dep.name}-{name}", "mqtt_buffer": _mqtt_buffer(longest, frame),
+        "client_id": f"nonn-{dep.name}-{node}", "mqtt_buffer": _mqtt_buffer(longest, frame),
     }
     generated = {f"{model.name}_model_data.h": header, f"{model.name}_model_data.cc": source,
                  "model_ops.h": render("common/model_ops.h.j2", name=model.name, calls=ops,
@@ -235,7 +237,8 @@ def _fusion_plan(dep: Deployment, tgt: Target, base: dict[str, Any]) -> _Plan:
                       "status": f"{t['prefix']}/status/fusion"}
     longest = max(len(v) for v in project_topics.values()) + 3  # '+' -> student id
     frame = max([dep.num_classes] + [s.width for s in dep.students])
-    context = {**base, "project": "fusion", "role": "fusion", "topics": project_topics,
+    context = {**base, "project": "fusion", "node": "fusion", "role": "fusion",
+               "topics": project_topics,
                "layers": layers, "fusion": dep.fusion, "client_id": f"nonn-{dep.name}-fusion",
                "crc": params_crc32(layers), "fusion_flash": flash,
                "mqtt_buffer": _mqtt_buffer(longest, frame)}

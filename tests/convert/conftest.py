@@ -107,5 +107,7 @@ def digits():
     return load_dataset(DataConfig(dataset="digits"))
 
 
-def float_images(n: int = 50, seed: int = 0) -> np.ndarray:
-    return np.random.default_rng(seed).random((n, 8, 8, 1)).astype(np.float32)
+@pytest.fixture(scope="session")
+def float_images() -> np.ndarray:
+    """Calibration-like float images in [0, 1] for hand-built 8x8x1 models."""
+    return np.random.default_rng(0).random((50, 8, 8, 1)).astype(np.float32)

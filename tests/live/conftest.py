@@ -186,6 +186,66 @@ def cli():
     return _cli
 
 
+
+# ---- in-process nodes -----------------------------------------------------------------------
+
+class LiveNodes:
+    """Devices, fusion worker(s) and a source as threads of the test process (real MQTT)."""
+
+    def __init__(self, deployment, url: str, images, *, fusions=None, device_queue: int = 64,
+                 rate: float = 50.0, frames: int = 100, drain_s: float = 3.0,
+                 protocol: str = "auto") -> None:
+        from nonn_tflite.live.device import DeviceConfig, DeviceNode
+        from nonn_tflite.live.fusion import FusionConfig, FusionNode
+        from nonn_tflite.live.mqtt import BrokerConfig
+        from nonn_tflite.live.source import SourceConfig, SourceNode
+
+        broker = BrokerConfig.from_url(url, protocol=protocol)
+        self.started: list = []
+        self.devices = [self._start(DeviceNode(deployment, broker, DeviceConfig(
+            s.id, queue=device_queue))) for s in deployment.students]
+        self.fusions = [self._start(FusionNode(deployment, broker, cfg))
+                        for cfg in (fusions or [FusionConfig(deadline_ms=2000)])]
+        self.source = self._start(SourceNode(deployment, broker, images, SourceConfig(
+            rate=rate, frames=frames, drain_s=drain_s)))
+
+    def _start(self, node):
+        node.start()
+        self.started.append(node)
+        return node
+
+    def stop(self) -> None:
+        for node in reversed(self.started):
+            node.stop()
+        self.started.clear()
+
+
+@pytest.fixture
+def live_nodes(deployment, tiny_run):
+    """Factory: ``live_nodes(url, **options) -> LiveNodes``; everything is stopped afterwards."""
+    from nonn_tflite.live.source import load_images
+
+    images = load_images(deployment, tiny_run)
+    made: list[LiveNodes] = []
+
+    def make(url: str, **kw) -> LiveNodes:
+        made.append(LiveNodes(deployment, url, images, **kw))
+        return made[-1]
+
+    yield make
+    for nodes in made:
+        nodes.stop()
+
+
+@pytest.fixture(scope="session")
+def offline_classes(deployment, tiny_run):
+    """Offline int8 prediction per test-sample index."""
+    from nonn_tflite.live.offline import OfflineSystem
+    from nonn_tflite.live.source import load_images
+
+    return OfflineSystem(deployment).classify(load_images(deployment, tiny_run).x)
+
+
 if __name__ == "__main__":
     build_tiny_run(Path(sys.argv[1]))
     print(sys.argv[1])

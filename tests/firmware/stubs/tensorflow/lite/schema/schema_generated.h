@@ -1,0 +1,2 @@
+// Stub: TFLM's flatbuffer schema header (TFLITE_SCHEMA_VERSION deliberately left out).
+#pragma once

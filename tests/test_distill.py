@@ -1,0 +1,86 @@
+"""Loss terms on known values, and student dropout really zeroing a student's vector."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+
+def test_kd_is_zero_when_distributions_match_and_positive_otherwise():
+    from nonn_tflite.distill import kd_loss
+
+    t = np.array([[2.0, 0.5, -1.0], [0.0, 0.0, 3.0]], dtype="float32")
+    assert float(kd_loss(t, t, 4.0)) == pytest.approx(0.0, abs=1e-6)
+    assert float(kd_loss(t, t + 5.0, 4.0)) == pytest.approx(0.0, abs=1e-6)  # shift-invariant
+    s = t[:, ::-1].copy()
+    assert float(kd_loss(t, s, 4.0)) > 0.01
+
+
+def test_kd_matches_a_hand_computation():
+    from nonn_tflite.distill import kd_loss
+
+    t = np.array([[np.log(0.75), np.log(0.25)]], dtype="float32")
+    s = np.array([[np.log(0.5), np.log(0.5)]], dtype="float32")
+    expected = 0.75 * np.log(0.75 / 0.5) + 0.25 * np.log(0.25 / 0.5)
+    assert float(kd_loss(t, s, 1.0)) == pytest.approx(expected, rel=1e-5)
+
+
+def test_attention_transfer_zero_for_identical_maps_and_positive_for_different():
+    from nonn_tflite.distill import at_loss, attention_map
+
+    rng = np.random.default_rng(0)
+    m = rng.random((3, 4, 4, 5)).astype("float32")
+    assert float(at_loss(m, m)) == pytest.approx(0.0, abs=1e-6)
+    assert float(at_loss(m * 3.0, m)) == pytest.approx(0.0, abs=1e-5)  # maps are normalised
+    other = rng.random((3, 4, 4, 5)).astype("float32") ** 4
+    assert float(at_loss(other, m)) > 1e-3
+    att = np.asarray(attention_map(m))
+    np.testing.assert_allclose(np.linalg.norm(att, axis=-1), 1.0, rtol=1e-5)
+
+
+def test_attention_transfer_resizes_student_maps_to_the_teacher_size():
+    from nonn_tflite.distill import at_loss
+
+    teacher = np.ones((2, 2, 2, 3), dtype="float32")
+    student = np.ones((2, 4, 4, 7), dtype="float32")  # other size, other channel count
+    assert float(at_loss(student, teacher)) == pytest.approx(0.0, abs=1e-6)
+
+
+def test_dropout_mask_zeroes_at_rate_p():
+    import keras
+
+    from nonn_tflite.distill import dropout_mask
+
+    gen = keras.random.SeedGenerator(0)
+    m = np.asarray(dropout_mask(20000, 0.3, gen))
+    assert set(np.unique(m)) <= {0.0, 1.0}
+    assert abs((m == 0).mean() - 0.3) < 0.02
+    assert np.all(np.asarray(dropout_mask(100, 0.0, gen)) == 1.0)
+
+
+def test_student_dropout_zeroes_vectors_inside_the_ensemble():
+    """With p close to 1, the fused logits in training equal the fusion bias (all inputs 0)."""
+    import keras
+
+    from nonn_tflite.architectures import StudentSpec, build_fusion, build_student
+    from nonn_tflite.config import DistillConfig
+    from nonn_tflite.distill import build_ensemble
+    from nonn_tflite.teacher import teacher_view
+
+    inp = keras.Input((8, 8, 1))
+    fmap = keras.layers.Conv2D(6, 3, padding="same", activation="relu", name="features")(inp)
+    teacher = keras.Model(inp, keras.layers.Dense(10)(keras.layers.GlobalAveragePooling2D()(fmap)))
+    students = [build_student(StudentSpec(4, 0, 3, 2), (8, 8, 1), k) for k in range(2)]
+    fusion = build_fusion(6, 10)
+    fusion.get_layer("fusion_logits").bias.assign(np.arange(10, dtype="float32"))
+    x = np.random.default_rng(0).random((16, 8, 8, 1)).astype("float32")
+
+    def logits(p: float, training: bool):
+        cfg = DistillConfig(student_dropout=p)
+        model = build_ensemble(teacher_view(teacher), students, fusion, [[0, 1, 2], [3, 4, 5]], cfg, [])
+        return np.asarray(model(x, training=training)["logits"])
+
+    dropped = logits(0.99999, True)
+    np.testing.assert_allclose(dropped, np.tile(np.arange(10), (16, 1)), atol=1e-6)
+    kept = logits(0.99999, False)  # no dropout outside training
+    assert np.abs(kept - np.arange(10)).max() > 1e-4
