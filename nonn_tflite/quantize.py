@@ -183,9 +183,10 @@ def tflm_problems(model: TFLiteModel, known_layers: list[str] | None = None) -> 
     produced = {i for op in model.operators for i in op.outputs}
     for t in model.tensors:
         activation = t.index in produced or t.index in model.inputs
-        where = f"tensor '{t.name}' (layer {layer_of(t.name, known_layers)})"
+        op = model.producer(t.index)
+        layer = op_layer(model, op, known_layers) if op else layer_of(t.name)
+        where = f"tensor '{t.name}' (layer {layer})"
         if activation and t.dtype != "int8":
-            op = model.producer(t.index)
             origin = f", output of op {op.index} {op.opcode}" if op else ", a model input"
             problems.append(f"{where} is {t.dtype}, not int8{origin}")
         elif activation and (t.quant is None or t.quant.per_tensor is None):

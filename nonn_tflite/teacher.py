@@ -73,6 +73,8 @@ def find_feature_layer(model, name: str | None = None) -> str:
                                  "a 4-D (N, H, W, C) feature map is needed")
         return name
     for layer in reversed(model.layers):
+        if type(layer).__name__ == "InputLayer":
+            break  # the image itself is no feature map
         out = getattr(layer, "output", None)
         if out is not None and not isinstance(out, (list, tuple)) and len(out.shape) == 4:
             return layer.name

@@ -457,26 +457,36 @@ def _prod(shape) -> int:
 
 
 def layer_of(tensor_name: str, known_layers: list[str] | None = None) -> str:
-    """The Keras layer a converted tensor came from, read from its name.
+    """The Keras layer(s) a converted tensor came from, read from its name.
 
     Converted names look like ``student_0_1/conv_a_1/Relu;student_0_1/conv_a_1/convolution``:
-    model and layer name scopes, Keras 3 adding ``_1`` to each. With ``known_layers`` the part
-    matching a real layer name wins; otherwise the scope before the TF op name is returned.
+    model and layer name scopes (Keras 3 adds ``_1`` to each), one ``;``-separated part per
+    fused TF op. Fused layers are joined with ``+`` (``s0_relu+s0_bn+s0_conv``). With
+    ``known_layers`` only real layer names are returned.
     """
-    first = tensor_name.split(";")[0].split(":")[0]
-    parts = [p for p in first.split("/") if p]
-    if known_layers:
+    found = []
+    for segment in tensor_name.split(";"):
+        layer = _segment_layer(segment.split(":")[0], known_layers)
+        if layer and layer not in found:
+            found.append(layer)
+    return "+".join(found) if found else tensor_name.split(":")[0]
+
+
+def _segment_layer(segment: str, known_layers: list[str] | None) -> str | None:
+    parts = [p for p in segment.split("/") if p]
+    if known_layers is not None:
         known = set(known_layers)
         for part in reversed(parts):
             for cand in (part, part.rsplit("_", 1)[0]):
                 if cand in known:
                     return cand
+        return None
     for part in reversed(parts[:-1]):  # the last part is the TF op (Relu, BiasAdd, ...)
         if re.fullmatch(r".+_\d+", part):
             return part.rsplit("_", 1)[0]
     if len(parts) >= 2:
         return parts[-2]
-    return first.removeprefix("serving_default_")
+    return segment.removeprefix("serving_default_") or None
 
 
 def op_layer(model: TFLiteModel, op: OpInfo, known_layers: list[str] | None = None) -> str:
@@ -490,9 +500,8 @@ def op_layer(model: TFLiteModel, op: OpInfo, known_layers: list[str] | None = No
     names = [model.tensors[i].name for i in order if i >= 0]
     for name in names:
         if known_layers:
-            layer = layer_of(name, known_layers)
-            if layer in known_layers:
-                return layer
+            if any(_segment_layer(seg.split(":")[0], known_layers) for seg in name.split(";")):
+                return layer_of(name, known_layers)
         elif "/" in name:
             return layer_of(name)
     return layer_of(names[0]) if names else "?"

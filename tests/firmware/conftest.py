@@ -158,11 +158,14 @@ class HostCompiler:
 
     workdir: Path
 
-    def objects(self, sources: list[Path], includes: list[Path]) -> list[Path]:
+    def objects(self, sources: list[Path], includes: list[Path], defines: list[str] = (),
+                into: Path | None = None) -> list[Path]:
+        into = into or self.workdir
+        into.mkdir(parents=True, exist_ok=True)
         objs = []
-        inc = [f"-I{p}" for p in includes]
+        inc = [f"-I{p}" for p in includes] + [f"-D{d}" for d in defines]
         for src in sources:
-            obj = self.workdir / f"{src.parent.name}_{src.name}.o"
+            obj = into / f"{src.name}.o"
             cxx = src.suffix in (".cc", ".cpp")
             cmd = (["g++", *CXX_FLAGS] if cxx else ["gcc", *C_FLAGS]) + inc + ["-c", str(src),
                                                                                "-o", str(obj)]
@@ -170,11 +173,22 @@ class HostCompiler:
             objs.append(obj)
         return objs
 
-    def program(self, name: str, sources: list[Path], includes: list[Path] = ()) -> Path:
-        objs = self.objects(list(sources), list(includes))
-        exe = self.workdir / name
+    def program(self, name: str, sources: list[Path], includes: list[Path] = (),
+                defines: list[str] = ()) -> Path:
+        """Compile every source (C as C99, C++ as C++17), link, return the executable."""
+        objs = self.objects(list(sources), list(includes), list(defines), self.workdir / name)
+        exe = self.workdir / name / name
         _run(["g++", *(str(o) for o in objs), "-lm", "-o", str(exe)])
         return exe
+
+    def run(self, exe: Path, lines: list[str], *args: str, check: bool = True
+            ) -> subprocess.CompletedProcess:
+        """Feed ``lines`` on stdin; returns the finished process (stdout as text)."""
+        proc = subprocess.run([str(exe), *args], input="\n".join(lines) + "\n",
+                              capture_output=True, text=True, timeout=60)
+        if check and proc.returncode != 0:
+            raise AssertionError(f"{exe.name} exited {proc.returncode}: {proc.stderr}")
+        return proc
 
     def syntax(self, source: Path, includes: list[Path], extra: list[str] = ()) -> None:
         cxx = source.suffix in (".cc", ".cpp")
