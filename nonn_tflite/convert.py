@@ -229,14 +229,21 @@ def _accuracy(logits: np.ndarray, y: np.ndarray) -> float:
 
 
 def feature_agreement(float_vec: np.ndarray, q: np.ndarray, out_q: tuple[float, int]) -> dict:
-    """Max |float - int8| in LSB of the output scale, and cosine similarity per image."""
+    """Max |float - int8| in LSB of the output scale, and cosine similarity per image.
+
+    Values the int8 model saturated (127: the float value exceeds the calibrated range) are
+    counted apart: their error measures calibration coverage, not rounding.
+    """
     deq = dequantize(q, *out_q)
     f = np.asarray(float_vec, np.float64)
     num = (f * deq).sum(axis=1)
-    den = np.linalg.norm(f, axis=1) * np.linalg.norm(deq, axis=1)
-    both_zero = (np.linalg.norm(f, axis=1) == 0) & (np.linalg.norm(deq, axis=1) == 0)
-    cos = np.where(both_zero, 1.0, num / np.where(den == 0, 1.0, den))
-    return {"max_abs_diff_lsb": float(np.abs(f - deq).max() / out_q[0]) if f.size else 0.0,
+    nf, nd = np.linalg.norm(f, axis=1), np.linalg.norm(deq, axis=1)
+    cos = np.where((nf == 0) & (nd == 0), 1.0, num / np.where(nf * nd == 0, 1.0, nf * nd))
+    lsb = np.abs(f - deq) / out_q[0]
+    saturated = np.asarray(q) == 127
+    return {"max_abs_diff_lsb": float(lsb.max()) if lsb.size else 0.0,
+            "max_abs_diff_lsb_unsaturated": float(lsb[~saturated].max()) if (~saturated).any() else 0.0,
+            "saturated_fraction": float(saturated.mean()) if saturated.size else 0.0,
             "cosine_mean": float(cos.mean()) if cos.size else float("nan"),
             "cosine_min": float(cos.min()) if cos.size else float("nan")}
 

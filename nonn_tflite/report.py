@@ -135,13 +135,16 @@ def report_markdown(report: dict) -> str:
     lines += ["", "Ratios, teacher / largest student: " + ", ".join(
         f"{k} {_ratio(v)}" for k, v in r.items()) + ".", "",
         "## Student feature agreement (Keras float vs int8)", "",
-        "| student | filters | width | max abs diff (LSB) | cosine mean | cosine min |",
-        "|---|---|---|---|---|---|"]
+        "| student | filters | width | max abs diff (LSB) | unsaturated max (LSB) | saturated | "
+        "cosine mean | cosine min |", "|---|---|---|---|---|---|---|---|"]
     for s in report["students"]:
         fa = s["feature_agreement"]
         nfilt = len(s["filters"]) if s.get("filters") is not None else "-"
         lines.append(f"| {s['id']} | {nfilt} | {s['width']} | {fa['max_abs_diff_lsb']:.2f} | "
+                     f"{fa['max_abs_diff_lsb_unsaturated']:.2f} | {100 * fa['saturated_fraction']:.2f}% | "
                      f"{fa['cosine_mean']:.4f} | {fa['cosine_min']:.4f} |")
+    lines += ["", "Saturated values (int8 127) are test features above the range seen in "
+              "calibration; many of them call for more `--calibration` images."]
     cal = report["calibration"]
     lines += ["", "## Fusion input: explicit requantisation", "",
               "Each student's int8 vector carries its own scale `s_k` and zero point `zp_k`. The "

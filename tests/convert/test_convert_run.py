@@ -91,8 +91,12 @@ def test_batched_runner_equals_single_image_runs(tdir, digits):
 def test_student_feature_agreement(report):
     for s in report["students"]:
         fa = s["feature_agreement"]
-        assert 0 <= fa["max_abs_diff_lsb"] < 8  # int8 vs float within a few output LSB
-        assert fa["cosine_min"] > 0.95 and fa["cosine_mean"] > 0.99
+        # rounding error through two convs and a mean: a few output LSB; saturation (test
+        # features above the calibrated range) is reported apart and is rare
+        assert 0 <= fa["max_abs_diff_lsb_unsaturated"] < 8
+        assert fa["max_abs_diff_lsb"] >= fa["max_abs_diff_lsb_unsaturated"]
+        assert fa["saturated_fraction"] < 0.01
+        assert fa["cosine_min"] > 0.99 and fa["cosine_mean"] > 0.999
 
 
 def test_tflm_parity_with_litert_reference(report):
