@@ -153,7 +153,7 @@ def export_project(run_dir: Path | str, target: str, out: Path | str, *,
         tmp.rename(out)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    log.info("exported %d projects for %s to %s", len(results), tgt.name, out)
+    log.debug("exported %d projects for %s to %s", len(results), tgt.name, out)
     return result
 
 

@@ -161,7 +161,7 @@ def build_student(spec: StudentSpec, input_shape, index: int, wd: float = 5e-4):
 def deployable_student(student):
     """The part a device runs: image -> pooled vector (drops the attention-map output)."""
     keras = _keras()
-    return keras.Model(student.inputs, student.outputs[1], name=student.name)
+    return keras.Model(student.input, student.outputs[1], name=student.name)
 
 
 def build_fusion(total_width: int, num_classes: int, wd: float = 5e-4):

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import logging
+import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -36,6 +37,7 @@ from nonn_tflite.profile import (
 )
 from nonn_tflite.quantize import (
     calibration_indices,
+    captured_output,
     check_tflm,
     convert_int8,
     indices_digest,
@@ -193,8 +195,14 @@ def _convert_checked(model, samples: np.ndarray, name: str) -> bytes:
     return data
 
 
-def _predict(model, x: np.ndarray) -> np.ndarray:
-    return np.asarray(model.predict(x, batch_size=256, verbose=0), dtype=np.float32)
+def _predict(model, x: np.ndarray, batch: int = 256) -> np.ndarray:
+    """Eager batched calls: ``model.predict`` retraces (and warns) for every new model."""
+    if len(x) == 0:
+        return np.zeros((0, *model.outputs[0].shape[1:]), np.float32)
+    with warnings.catch_warnings():  # a model saved with inputs=[x] warns about a bare tensor
+        warnings.filterwarnings("ignore", "The structure of `inputs` doesn't match")
+        return np.concatenate([np.asarray(model(x[i:i + batch], training=False), dtype=np.float32)
+                               for i in range(0, len(x), batch)])
 
 
 # -- verification -------------------------------------------------------------------------------
@@ -311,7 +319,7 @@ def build_report(run: RunDir, ds: Dataset, system: KerasSystem, profiles: dict[s
                    "num_students": len(students), "teacher_accuracy_float": ev.teacher_float,
                    "teacher_accuracy_int8": ev.teacher_int8,
                    "int8_runtime": "LiteRT builtin kernels without delegate, as the live fusion "
-                                   "node runs them (TFLM parity per model below)"},
+                                   "node runs them; TFLM parity is reported per model"},
         "ratios": ratios(teacher, students),
         "calibration": calib,
         "notes": {"arena": ARENA_NOTE,
@@ -385,9 +393,10 @@ def convert_run(run_dir: str | Path, options: ConvertOptions | None = None) -> C
     Raises CompatibilityError / ConversionError (nothing written) or, after writing everything,
     BoardFitError when a student does not fit its board.
     """
-    import tensorflow as tf  # noqa: F401  (fail early, before the heavy work, if missing)
-
     opts = options or ConvertOptions()
+    with captured_output((2,)):  # TensorFlow's C++ start-up banner; Python errors still raise
+        import tensorflow  # noqa: F401  (fail early, before the heavy work, if missing)
+
     run = RunDir.open(run_dir, need="distill")
     if run.has("convert") and not opts.force:  # say so before minutes of work, not after
         raise RunDirError(f"stage 'convert' already finished in {run.path}; pass --force to redo it")

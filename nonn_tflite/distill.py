@@ -88,6 +88,9 @@ def build_ensemble(teacher_view, students: list, fusion, partitions: list[list[i
             self.trackers = {n: keras.metrics.Mean(name=n) for n in ("ce", "kd", "at")}
             self.acc = keras.metrics.SparseCategoricalAccuracy(name="accuracy")
 
+        def build(self, input_shape) -> None:  # sub-models are built already
+            self.built = True
+
         def call(self, x, training=False):
             if training:
                 for layer in self.aug:

@@ -238,9 +238,10 @@ def litert(buf: bytes, kernels: str = "reference", threads: int = 1):
                 "builtin": OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES,
                 "default": OpResolverType.AUTO}[kernels]
     try:
-        it = Interpreter(model_content=buf, num_threads=threads,
-                         experimental_op_resolver_type=resolver)
-        it.allocate_tensors()
+        with captured_output((2,)):  # "INFO: Created TensorFlow Lite XNNPACK delegate" on fd 2
+            it = Interpreter(model_content=buf, num_threads=threads,
+                             experimental_op_resolver_type=resolver)
+            it.allocate_tensors()
     except (ValueError, RuntimeError) as exc:
         raise ModelFileError(f"LiteRT cannot load the model: {_one_line(exc)}") from None
     return it
@@ -302,7 +303,8 @@ def measure_latency(buf: bytes, runs: int = DEFAULT_LATENCY_RUNS, kernels: str =
         it.invoke()
         if i >= warmup:
             times.append((time.perf_counter_ns() - t0) / 1e6)
-    return LatencyResult(kernels, float(np.median(times)), float(np.percentile(times, 90)), len(times))
+    return LatencyResult(kernels, round(float(np.median(times)), 5),
+                         round(float(np.percentile(times, 90)), 5), len(times))
 
 
 # -- parity --------------------------------------------------------------------------------------

@@ -97,7 +97,7 @@ TABLE_COLUMNS = (("model", "model", str), ("flash", "flash_bytes", _bytes),
                  ("arena", "arena_bytes", _bytes), ("arena 32-bit", "arena_bytes_32bit", _bytes),
                  ("params", "params", _count), ("MACs", "macs", _count),
                  ("latency ms (p50)", "latency_ms", _ms), ("p90", "latency_p90_ms", _ms),
-                 ("payload", "payload_bytes", _bytes), ("acc float", "accuracy_float", _pct),
+                 ("payload/inference", "payload_bytes", _bytes), ("acc float", "accuracy_float", _pct),
                  ("acc int8", "accuracy_int8", _pct))
 
 
@@ -128,8 +128,9 @@ def report_markdown(report: dict) -> str:
              f"| NoNN, {sysd['num_students']} students + fusion | {_pct(sysd['accuracy_float'])} | "
              f"{_pct(sysd['accuracy_int8'])} |",
              f"| teacher | {_pct(sysd['teacher_accuracy_float'])} | {_pct(sysd['teacher_accuracy_int8'])} |",
-             "", f"int8 system: every student and the fusion run as separate int8 models "
-             f"({sysd['int8_runtime']}); drop {sysd['accuracy_drop_points']:.2f} points.", "",
+             "", "int8 system: every student and the fusion run as separate int8 models, student "
+             "vectors requantised into the fusion input as below; runtime: "
+             f"{sysd['int8_runtime']}. Drop: {sysd['accuracy_drop_points']:.2f} points.", "",
              "## Models", "", "| " + " | ".join(HEADERS) + " |", "|" + "---|" * len(HEADERS)]
     lines += ["| " + " | ".join(_cells(row)) + " |" for row in model_rows(report)]
     lines += ["", "Ratios, teacher / largest student: " + ", ".join(
@@ -185,16 +186,17 @@ def plot_report(report: dict, path: Path) -> None:
     names = [r["model"] for r in rows]
     colors = ["#888888" if n == "teacher" else ("#d9822b" if n == "fusion" else "#2b6cd9") for n in names]
     fig, axes = plt.subplots(1, 3, figsize=(max(9.0, 3 + 1.8 * len(rows)), 4.2))
-    panels = (("flash_bytes", "flash (bytes)"), ("arena_bytes", "TFLM arena (bytes, 64-bit host)"),
-              ("latency_ms", "latency ms (LiteRT ref, p50)"))
-    for ax, (key, title) in zip(axes, panels, strict=True):
+    panels = (("flash_bytes", "flash", _bytes), ("arena_bytes", "TFLM arena (64-bit host)", _bytes),
+              ("latency_ms", "latency, ms (LiteRT ref, 1 thread, p50)", lambda v: f"{v:.3g} ms"))
+    for ax, (key, title, fmt) in zip(axes, panels, strict=True):
         values = [max(r[key] or 0, 1e-6) for r in rows]
         ax.bar(range(len(rows)), values, color=colors)
         ax.set_yscale("log")
+        ax.set_ylim(min(values) / 3, max(values) * 3)  # log bars need a floor below the smallest
         ax.set_title(title)
         ax.set_xticks(range(len(rows)), names, rotation=30, ha="right")
         for i, v in enumerate(values):
-            ax.annotate(f"{v:,.3g}", (i, v), ha="center", va="bottom", fontsize=7)
+            ax.annotate(fmt(v), (i, v), ha="center", va="bottom", fontsize=8)
     fig.suptitle(f"{report['deployment']}: each device vs the teacher")
     fig.tight_layout()
     buf = io.BytesIO()
@@ -272,9 +274,11 @@ def print_inspection(ins, console=None, show_tensors: bool = True) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from nonn_tflite.tflite_model import layer_of
+    from nonn_tflite.tflite_model import op_layer
 
     con = console or Console()
+    if not con.is_terminal:
+        con.width = max(con.width, 120)
     m = ins.model
     con.print(f"[bold]{ins.path}[/]  {m.size:,} B  schema v{m.schema_version}  "
               f"{len(m.operators)} ops  {len(m.tensors)} tensors  {m.params:,} params  "
@@ -286,7 +290,7 @@ def print_inspection(ins, console=None, show_tensors: bool = True) -> None:
         ins_shapes = ", ".join(str(list(m.tensors[i].shape)) for i in o.inputs if i >= 0)
         out = m.tensors[o.outputs[0]] if o.outputs else None
         ops.add_row(str(o.index), o.opcode, ins_shapes, str(list(out.shape)) if out else "-",
-                    f"{o.macs:,}", layer_of(out.name) if out else "-")
+                    f"{o.macs:,}", op_layer(m, o))
     con.print(ops)
     if show_tensors:
         ts = Table(title="tensors")

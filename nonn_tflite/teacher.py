@@ -99,7 +99,8 @@ def teacher_view(teacher, feature_layer: str | None = None) -> TeacherView:
     import keras
 
     name = find_feature_layer(teacher, feature_layer)
-    extractor = keras.Model(teacher.inputs, [teacher.get_layer(name).output, teacher.outputs[0]])
+    inputs = teacher.inputs[0] if len(teacher.inputs) == 1 else teacher.inputs
+    extractor = keras.Model(inputs, [teacher.get_layer(name).output, teacher.outputs[0]])
     extractor.trainable = False
     last = teacher.layers[-1]
     act = getattr(getattr(last, "activation", None), "__name__", "")

@@ -84,3 +84,24 @@ def test_student_dropout_zeroes_vectors_inside_the_ensemble():
     np.testing.assert_allclose(dropped, np.tile(np.arange(10), (16, 1)), atol=1e-6)
     kept = logits(0.99999, False)  # no dropout outside training
     assert np.abs(kept - np.arange(10)).max() > 1e-4
+
+
+def test_training_code_is_backend_neutral():
+    """Training modules use keras/keras.ops only, so KERAS_BACKEND=jax or torch trains too
+    (checked by hand with jax 0.10: `KERAS_BACKEND=jax nonn-tflite run` trains)."""
+    import ast
+    from pathlib import Path
+
+    import nonn_tflite
+
+    root = Path(nonn_tflite.__file__).parent
+    for name in ("distill.py", "training.py", "teacher.py", "architectures.py", "partition.py", "sizing.py"):
+        tree = ast.parse((root / name).read_text())
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Import):
+                mods = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                mods = [node.module or ""]
+            else:
+                continue
+            assert not any(m.split(".")[0] == "tensorflow" for m in mods), f"{name} imports {mods}"

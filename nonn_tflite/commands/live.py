@@ -336,8 +336,9 @@ def _print_summary(s: dict) -> None:
             ("late / duplicate / out of order",
              f"{s['late']} / {s['duplicates']} / {s['out_of_order']}"),
             ("rejected", s["rejected"]),
-            ("latency p50 / p99 (ms)",
-             f"{fmt(s['latency_ms']['p50'])} / {fmt(s['latency_ms']['p99'])}"),
+            ("end-to-end latency p50 / p99",
+             " / ".join("-" if v is None else f"{v:.1f} ms"
+                        for v in (s["latency_ms"]["p50"], s["latency_ms"]["p99"]))),
             ("bytes per frame", ", ".join(f"{k} {v}" for k, v in s["bytes_per_frame"].items())),
             ("killed", ", ".join(f"device {k['device']} at {k['at_s']:.1f}s"
                                  for k in s["killed"]) or "-")]

@@ -58,10 +58,11 @@ class BrokerProcess:
     log_path: Path
     proc: subprocess.Popen | None = None
     env: dict[str, str] = field(default_factory=dict)
+    tls: bool = False
 
     @property
     def url(self) -> str:
-        return f"mqtt://{self.host}:{self.port}"
+        return f"{'mqtts' if self.tls else 'mqtt'}://{self.host}:{self.port}"
 
     def start(self, timeout_s: float = 15.0) -> "BrokerProcess":
         with open(self.log_path, "ab") as log:
@@ -121,8 +122,10 @@ def embedded_broker(port: int | None = None, workdir: Path | None = None) -> Bro
 
 
 def mosquitto_broker(workdir: Path, port: int | None = None, password_file: Path | None = None,
+                     tls: tuple[Path, Path] | None = None,
                      executable: str | None = None) -> BrokerProcess:
-    """mosquitto with its own config: loopback listener, TCP_NODELAY, no persistence."""
+    """mosquitto with its own config: loopback listener, TCP_NODELAY, no persistence;
+    ``tls=(certfile, keyfile)`` makes the listener mqtts."""
     exe = executable or shutil.which("mosquitto") or "/usr/sbin/mosquitto"
     if not Path(exe).exists():
         raise BrokerStartError("mosquitto not found (apt-get install mosquitto)")
@@ -137,13 +140,16 @@ def mosquitto_broker(workdir: Path, port: int | None = None, password_file: Path
     lines = [f"listener {port} {LOOPBACK}", f"user {user}", "set_tcp_nodelay true",
              "persistence false",
              "log_dest stderr", "log_type error", "log_type warning"]
+    if tls is not None:
+        lines += [f"certfile {tls[0]}", f"keyfile {tls[1]}"]
     if password_file is not None:
         lines += ["allow_anonymous false", f"password_file {password_file}"]
     else:
         lines += ["allow_anonymous true"]
     conf = workdir / f"mosquitto-{port}.conf"
     conf.write_text("\n".join(lines) + "\n")
-    return BrokerProcess([exe, "-c", str(conf)], LOOPBACK, port, workdir / f"mosquitto-{port}.log")
+    return BrokerProcess([exe, "-c", str(conf)], LOOPBACK, port, workdir / f"mosquitto-{port}.log",
+                         tls=tls is not None)
 
 
 # ---- the embedded broker's own process --------------------------------------------------

@@ -124,6 +124,8 @@ class Demo:
             self._play()
             self._stop_children()
             time.sleep(0.3)  # the final stats of the nodes are on their way
+            if self.on_view is not None:
+                self.on_view(self.view())
             return self.summary()
         finally:
             self.shutdown()
@@ -306,17 +308,15 @@ class Demo:
 
     def _offline_accuracy(self, score) -> float | None:
         """Offline int8 accuracy on exactly the frames that were predicted live."""
-        with score._lock:
-            seqs = [s for s in score.predictions if score.labels[s] >= 0]
-            hits = sum(self.offline[score.indices[s]] == score.labels[s] for s in seqs)
-        return hits / len(seqs) if seqs else None
+        rows = [(index, label) for _, index, label, _ in score.rows() if label >= 0]
+        hits = sum(self.offline[index] == label for index, label in rows)
+        return hits / len(rows) if rows else None
 
     def summary(self) -> dict:
         score = self.source.score
         _, stats = self.monitor.snapshot()
-        with score._lock:
-            preds = dict(score.predictions)
-        agree = [self.offline[score.indices[s]] == c for s, c in preds.items()]
+        rows = score.rows()
+        agree = [self.offline[index] == cls for _, index, _, cls in rows]
         fusion = fusion_totals(stats)
         by_reason = rejected_total(stats)
         for reason, n in self.source.decoder.counters.items():
@@ -331,7 +331,7 @@ class Demo:
             "broker": self.broker.url,
             "embedded_broker": self.broker_proc is not None,
             "frames": score.frames,
-            "predicted": len(preds),
+            "predicted": len(rows),
             "accuracy": score.accuracy,
             "offline_accuracy": self._offline_accuracy(score),
             "agreement_with_offline": float(np.mean(agree)) if agree else None,
@@ -345,7 +345,7 @@ class Demo:
                                             for n, s in stats.items() if n.startswith("device")),
                         "fusion_queue": fusion["queue_dropped"],
                         "source_unsent": self.source.send_failed,
-                        "unanswered": score.frames - len(preds)},
+                        "unanswered": score.frames - len(rows)},
             "latency_ms": {"p50": score.latency_ms.p(50), "p99": score.latency_ms.p(99)},
             "bytes_per_frame": devices,
             "image_bytes_per_frame": HEADER_SIZE + self.deployment.image_size,

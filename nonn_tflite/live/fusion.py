@@ -1,6 +1,7 @@
 """Fusion node: gathers the K feature vectors of a frame and classifies them.
 
-A frame is fused as soon as all K students reported, or at a deadline after its first vector
+A frame is fused as soon as every student reported (every student not known to be offline:
+a device's last will takes it out of the wait at once), or at a deadline after its first vector
 arrived; missing students are zero-filled (the quantised value of 0.0), the degradation the
 students were trained for with student dropout. The decisions (complete, partial, late,
 duplicate, out of order) live in :class:`FusionCore`, which takes time as an argument so it can
@@ -98,6 +99,7 @@ class FusionCore:
         self.done: OrderedDict[int, frozenset[int]] = OrderedDict()
         self.claims: OrderedDict[int, None] = OrderedDict()
         self.high: tuple[int, int] | None = None  # (seq, timestamp) of the newest finished frame
+        self.offline: set[int] = set()  # students whose status says offline: not waited for
 
     # ---- inputs ---------------------------------------------------------------------
     def add_feature(self, frame: Frame, now: float) -> list[Frame]:
@@ -118,9 +120,19 @@ class FusionCore:
         entry.parts[k] = frame
         entry.last_arrival = now
         out = self._evict(now)
-        if len(entry.parts) == self.k and self._owned(s):
+        if self._ready(entry) and self._owned(s):
             out += self._finish(s, now)
         return out
+
+    def set_online(self, student: int, online: bool, now: float) -> list[Frame]:
+        """From a device's status topic; going offline completes frames waiting only for it."""
+        if student not in self.runner.slices:
+            return []
+        (self.offline.discard if online else self.offline.add)(student)
+        if online:
+            return []
+        ready = [s for s, e in self.pending.items() if self._ready(e) and self._owned(s)]
+        return [p for s in ready for p in self._finish(s, now)]
 
     def add_claim(self, seq: int, now: float) -> list[Frame]:
         """Group mode: the broker gave us this frame's image, so this worker fuses it."""
@@ -128,7 +140,7 @@ class FusionCore:
         while len(self.claims) > RECENT:
             self.claims.popitem(last=False)
         entry = self.pending.get(seq)
-        if entry is not None and len(entry.parts) == self.k:
+        if entry is not None and self._ready(entry):
             return self._finish(seq, now)
         return []
 
@@ -160,6 +172,11 @@ class FusionCore:
                      zero_point=q.zero_point)
 
     # ---- internals ----------------------------------------------------------------------
+    def _ready(self, entry: Pending) -> bool:
+        """Every student that is not known to be offline has reported."""
+        return len(entry.parts) == self.k or all(
+            k in entry.parts for k in self.runner.slices if k not in self.offline)
+
     def _owned(self, seq: int) -> bool:
         return self.config.group is None or seq in self.claims
 
@@ -214,9 +231,10 @@ class FusionNode:
         self.inbox: DropOldestQueue[tuple[str, bytes, float]] = DropOldestQueue(config.queue)
         self.bytes_in = 0
         self.predictions_sent = 0
+        self._warned = False
         self._stop = threading.Event()
         self._worker: threading.Thread | None = None
-        subs = [self.topics.features]
+        subs = [self.topics.features, self.topics.status_all]
         if config.group:
             subs.append(Topics.shared(config.group, self.topics.image))
         self.conn = Connection(broker, ConnectionConfig(
@@ -247,11 +265,22 @@ class FusionNode:
                 self._publish(self._receive(*item))
             self._publish(self.core.expire(time.monotonic()))
             if time.monotonic() >= next_stats:
+                self._warn_if_no_claims()
                 self._publish_stats()
                 next_stats = time.monotonic() + self.config.stats_interval_s
 
+    def _warn_if_no_claims(self) -> None:
+        if (self.config.group and not self._warned and not self.core.claims
+                and self.core.counters["not_owned"] >= 20):
+            self._warned = True
+            log.warning("%s: group %s never received an image via $share: does the broker "
+                        "support shared subscriptions (amqtt does not)?", self.config.node,
+                        self.config.group)
+
     def _receive(self, topic: str, payload: bytes, t: float) -> list[Frame]:
         self.bytes_in += len(payload)
+        if "/status/" in topic:
+            return self._status(Topics.last_level(topic), payload, t)
         if topic.endswith("/image"):  # a claim in group mode
             frame = self.decoder.decode(payload, expect=MsgType.IMAGE)
             return [] if frame is None else self.core.add_claim(frame.seq, t)
@@ -262,6 +291,12 @@ class FusionNode:
             self.decoder.reject("topic_mismatch")
             return []
         return self.core.add_feature(frame, t)
+
+    def _status(self, node: str, payload: bytes, t: float) -> list[Frame]:
+        prefix, _, k = node.partition("-")
+        if prefix != "device" or not k.isdigit():
+            return []
+        return self.core.set_online(int(k), payload == b"online", t)
 
     def _publish(self, predictions: list[Frame]) -> None:
         for frame in predictions:

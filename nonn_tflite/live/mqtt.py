@@ -15,7 +15,7 @@ import secrets
 import socket
 import threading
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 from urllib.parse import quote, unquote, urlsplit
@@ -101,9 +101,6 @@ class BrokerConfig:
             user += "@"
         return f"{'mqtts' if self.tls else 'mqtt'}://{user}{self.host}:{self.port}"
 
-    def with_protocol(self, protocol: str) -> "BrokerConfig":
-        return replace(self, protocol=protocol)
-
 
 def make_client_id(node: str) -> str:
     """Unique per process: two nodes with one client id would keep kicking each other off."""
@@ -130,12 +127,10 @@ class Connection:
     """A started paho client that keeps itself connected until :meth:`stop`."""
 
     def __init__(self, broker: BrokerConfig, config: ConnectionConfig,
-                 on_message: MessageHandler | None = None,
-                 on_connected: Callable[[], None] | None = None) -> None:
+                 on_message: MessageHandler | None = None) -> None:
         self.broker = broker
         self.config = config
         self._on_message_cb = on_message
-        self._on_connected_cb = on_connected
         self.connected = threading.Event()
         self.connects = 0
         self.disconnects = 0
@@ -213,10 +208,7 @@ class Connection:
         if self.broker.username is not None:
             client.username_pw_set(self.broker.username, self.broker.password)
         if self.broker.tls:
-            client.tls_set(ca_certs=self.broker.cafile, certfile=self.broker.certfile,
-                           keyfile=self.broker.keyfile)
-            if self.broker.insecure:
-                client.tls_insecure_set(True)
+            self._set_tls(client)
         if self.config.status_topic:
             client.will_set(self.config.status_topic, b"offline", qos=1, retain=True)
         client.reconnect_delay_set(self.config.reconnect_min_s, self.config.reconnect_max_s)
@@ -225,6 +217,18 @@ class Connection:
         client.on_disconnect = self._on_disconnect
         client.on_message = self._on_message
         return client
+
+    def _set_tls(self, client) -> None:
+        import ssl
+
+        b = self.broker
+        try:
+            client.tls_set(ca_certs=b.cafile, certfile=b.certfile, keyfile=b.keyfile,
+                           cert_reqs=ssl.CERT_NONE if b.insecure else ssl.CERT_REQUIRED)
+            client.tls_insecure_set(b.insecure)
+        except (ssl.SSLError, OSError, ValueError) as exc:
+            raise UsageError(f"TLS set-up for {b.url} failed (check --cafile/--certfile/"
+                             f"--keyfile): {exc}") from None
 
     def _halt(self) -> None:
         client = self._client
@@ -257,8 +261,6 @@ class Connection:
             client.publish(self.config.status_topic, b"online", qos=1, retain=True)
         self.connected.set()
         self._first.set()
-        if self._on_connected_cb is not None:
-            _guard(self._on_connected_cb)
 
     def _on_disconnect(self, client, userdata, flags, reason_code, properties) -> None:
         if self.connects == 0 and not self._first.is_set() and not self._halting:
@@ -293,7 +295,7 @@ class Connection:
                                    f"{self._refusal.lower()} ({hint})")
         if self._refusal is not None:
             return BrokerError(f"broker {url} refused the connection: {self._refusal}")
-        reason = _probe(self.broker.host, self.broker.port)
+        reason = _probe(self.broker)
         return BrokerError(f"cannot connect to broker {url} within "
                            f"{self.config.connect_timeout_s:g} s: {reason}")
 
@@ -316,11 +318,22 @@ def _guard(func: Callable, *args) -> None:
         log.exception("error in MQTT callback %s", getattr(func, "__qualname__", func))
 
 
-def _probe(host: str, port: int) -> str:
-    """Why the TCP connection fails, in words, for the error message."""
+def _probe(broker: BrokerConfig) -> str:
+    """Why the connection fails, in words, for the error message (TLS errors included)."""
+    import ssl
+
     try:
-        with socket.create_connection((host, port), timeout=2.0):
+        with socket.create_connection((broker.host, broker.port), timeout=2.0) as sock:
+            if broker.tls:
+                ctx = ssl.create_default_context(cafile=broker.cafile)
+                if broker.insecure:
+                    ctx.check_hostname, ctx.verify_mode = False, ssl.CERT_NONE
+                with ctx.wrap_socket(sock, server_hostname=broker.host):
+                    pass
             return "TCP connects, but no MQTT answer (wrong port, or TLS/plain mismatch?)"
+    except ssl.SSLError as exc:
+        why = getattr(exc, "verify_message", None) or exc.reason or str(exc)
+        return f"TLS failed: {why} (give the broker's CA with --cafile)"
     except OSError as exc:
         return exc.strerror or str(exc)
 

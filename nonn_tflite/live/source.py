@@ -156,6 +156,11 @@ class Scoreboard:
                 self.scored += 1
                 self.correct += int(cls == label)
 
+    def rows(self) -> list[tuple[int, int, int, int]]:
+        """(seq, image index, label, predicted class) of every answered frame, a copy."""
+        with self._lock:
+            return [(s, self.indices[s], self.labels[s], c) for s, c in self.predictions.items()]
+
     @property
     def frames(self) -> int:
         return len(self.labels)

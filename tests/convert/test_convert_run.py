@@ -18,8 +18,14 @@ from nonn_tflite.boards import Board, get_board
 from nonn_tflite.cli import main
 from nonn_tflite.convert import board_fit, resolve_boards
 from nonn_tflite.errors import ModelFileError, UsageError
-from nonn_tflite.profile import (WIRE_HEADER_BYTES, Int8Runner, images_to_int8, measure_arena,
-                                 qparams, requantise)
+from nonn_tflite.profile import (
+    WIRE_HEADER_BYTES,
+    Int8Runner,
+    images_to_int8,
+    measure_arena,
+    qparams,
+    requantise,
+)
 from nonn_tflite.quantize import convert_int8, tflm_problems
 from nonn_tflite.rundir import RunDir, sha256_file
 from nonn_tflite.teacher import load_keras_model
@@ -267,7 +273,8 @@ def test_cli_inspect_shows_the_facts(tdir):
     js = CliRunner().invoke(main, ["inspect", str(tdir / "fusion.tflite"), "--json", "--no-tensors"])
     facts = json.loads(js.output)
     assert facts["tflm_compatible"] and facts["ops"] == ["FULLY_CONNECTED"]
-    assert facts["arena"]["arena_bytes"] > 0 and facts["flash_bytes"] == (tdir / "fusion.tflite").stat().st_size
+    assert facts["arena"]["arena_bytes"] > 0
+    assert facts["flash_bytes"] == (tdir / "fusion.tflite").stat().st_size
 
 
 @pytest.mark.parametrize("content", [b"hello, I am text\n" * 30, b"\x00" * 3, b"TFL3" * 100])

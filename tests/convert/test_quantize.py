@@ -7,8 +7,14 @@ import pytest
 
 from nonn_tflite.errors import CompatibilityError, ConversionError, ModelFileError
 from nonn_tflite.profile import measure_arena
-from nonn_tflite.quantize import (TFLM_BUILTIN_OPS, calibration_indices, check_tflm, convert_int8,
-                                  indices_digest, tflm_problems)
+from nonn_tflite.quantize import (
+    TFLM_BUILTIN_OPS,
+    calibration_indices,
+    check_tflm,
+    convert_int8,
+    indices_digest,
+    tflm_problems,
+)
 from nonn_tflite.tflite_model import builtin_op_names, parse_tflite
 
 

@@ -217,3 +217,68 @@ def c_drivers() -> Path:
 
 def deployment_id(name: str = DEPLOYMENT) -> int:
     return zlib.crc32(name.encode()) & 0xFFFFFFFF
+
+
+# ---- Python reference for the nodes ---------------------------------------------------------
+
+class Reference:
+    """What the Python nodes compute, via TFLM: student vectors, feature and prediction frames."""
+
+    OFFSETS = {0: (0, WIDTHS[0]), 1: (WIDTHS[0], sum(WIDTHS))}
+
+    def __init__(self, fx: Fixture) -> None:
+        from tflite_micro import runtime
+
+        from firmware_bridge.model import read_model
+        from nonn_tflite.live.models import QParams
+
+        self.fx = fx
+        self.interp = {n: runtime.Interpreter.from_bytes(fx.model(n), arena_size=64 * 1024)
+                       for n in ("student_0", "student_1", "fusion")}
+        info = {n: read_model(fx.model(n)) for n in self.interp}
+        self.q = {n: QParams(i.outputs[0].scale, i.outputs[0].zero_point) for n, i in info.items()}
+        self.q["fusion_in"] = QParams(info["fusion"].inputs[0].scale,
+                                      info["fusion"].inputs[0].zero_point)
+
+    def run(self, name: str, x: np.ndarray) -> np.ndarray:
+        it = self.interp[name]
+        it.set_input(x, 0)
+        it.invoke()
+        return it.get_output(0).reshape(-1).copy()
+
+    def vectors(self, n: int) -> list[tuple[np.ndarray, np.ndarray]]:
+        """Both students' int8 vectors for the first n digits (input = uint8 - 128)."""
+        out = []
+        for image in self.fx.images[:n]:
+            x = (image.astype(np.int16) - 128).astype(np.int8)[None]
+            out.append((self.run("student_0", x), self.run("student_1", x)))
+        return out
+
+    def feature(self, k: int, seq: int, ts: int, vec: np.ndarray) -> bytes:
+        from nonn_tflite.live import protocol
+
+        q = self.q[f"student_{k}"]
+        return protocol.encode(protocol.Frame(
+            protocol.MsgType.FEATURE, deployment_id(), seq, ts, vec.astype(np.int8).tobytes(), k,
+            protocol.DType.INT8, q.scale, q.zero_point))
+
+    def prediction(self, seq: int, ts: int, parts: dict[int, np.ndarray]) -> bytes:
+        """The Python fusion node's frame: requantise slices, zero-fill, int8 fusion model."""
+        from nonn_tflite.live import protocol
+        from nonn_tflite.live.models import requantise
+
+        fin = self.q["fusion_in"]
+        x = np.full(sum(WIDTHS), fin.zero_point, np.int8)
+        for k, vec in parts.items():
+            a, b = self.OFFSETS[k]
+            x[a:b] = requantise(vec, self.q[f"student_{k}"], fin)
+        logits = self.run("fusion", x[None])
+        out = self.q["fusion"]
+        return protocol.encode(protocol.Frame(protocol.MsgType.PREDICTION, deployment_id(), seq,
+                                              ts, logits.tobytes(), scale=out.scale,
+                                              zero_point=out.zero_point))
+
+
+@pytest.fixture(scope="session")
+def reference(run: Fixture) -> Reference:
+    return Reference(run)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -49,8 +50,9 @@ def _descendants(pid: int) -> list[psutil.Process]:
 
 
 def test_ctrl_c_stops_everything(tiny_run, cli, procs):
+    """Ctrl-C in a terminal signals the whole foreground process group, children included."""
     p = subprocess.Popen(cli("demo", str(tiny_run), "--rate", "20", "--frames", "2000",
-                             "--no-dashboard"),
+                             "--no-dashboard"), start_new_session=True,
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     procs.append(p)
     end = time.monotonic() + 40
@@ -60,9 +62,27 @@ def test_ctrl_c_stops_everything(tiny_run, cli, procs):
         line = p.stdout.readline()
     children = _descendants(p.pid)
     assert len(children) >= 4
-    p.send_signal(signal.SIGINT)
+    os.killpg(p.pid, signal.SIGINT)
     _, stderr = p.communicate(timeout=30)
     assert p.returncode == 130 and "Interrupted" in stderr
+    assert "Traceback" not in stderr
+    gone, alive = psutil.wait_procs(children, timeout=5)
+    assert not alive, f"orphans: {[c.pid for c in alive]}"
+
+
+def test_demo_sigterm_stops_children(tiny_run, cli, procs):
+    """Only the demo is signalled (e.g. by a service manager): it must take its children down."""
+    p = subprocess.Popen(cli("demo", str(tiny_run), "--rate", "20", "--frames", "2000",
+                             "--no-dashboard"),
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    procs.append(p)
+    end = time.monotonic() + 40
+    while len(_descendants(p.pid)) < 4 or not p.stdout.readline():
+        assert time.monotonic() < end and p.poll() is None, p.stderr.read()[-2000:]
+    children = _descendants(p.pid)
+    p.terminate()
+    p.communicate(timeout=30)
+    assert p.returncode == 130
     gone, alive = psutil.wait_procs(children, timeout=5)
     assert not alive, f"orphans: {[c.pid for c in alive]}"
 
@@ -119,14 +139,11 @@ def _node(tmp_path, name: str, *args: str) -> tuple[subprocess.Popen, object]:
 def test_edge_nodes_run_without_tensorflow(mosquitto, tiny_run, tmp_path, procs):
     """device, fusion and source, started as commands, serve frames with no TF/Keras loaded."""
     run, url = str(tiny_run), mosquitto.url
-    nodes = [_node(tmp_path, "device0", "device", run, "--student", "0", "--broker", url,
-                   "--duration", "8"),
-             _node(tmp_path, "device1", "device", run, "--student", "1", "--broker", url,
-                   "--duration", "8"),
-             _node(tmp_path, "fusion", "fusion", run, "--broker", url, "--duration", "8",
-                   "--deadline-ms", "2000")]
+    nodes = [_node(tmp_path, "device0", "device", run, "--student", "0", "--broker", url),
+             _node(tmp_path, "device1", "device", run, "--student", "1", "--broker", url),
+             _node(tmp_path, "fusion", "fusion", run, "--broker", url, "--deadline-ms", "2000")]
     procs.extend(p for p, _ in nodes)
-    time.sleep(2.0)  # let them subscribe
+    time.sleep(2.0)  # let them connect and subscribe
     summary = tmp_path / "source-summary.json"
     src, src_report = _node(tmp_path, "source", "source", run, "--broker", url, "--rate", "50",
                             "--frames", "40", "--summary", str(summary))
@@ -135,10 +152,36 @@ def test_edge_nodes_run_without_tensorflow(mosquitto, tiny_run, tmp_path, procs)
     assert src.returncode == 0, err[-2000:]
     result = json.loads(summary.read_text())
     assert result["frames"] == 40 and result["predicted"] == 40
+    for p, _ in nodes:
+        p.terminate()  # SIGTERM: a clean stop, exit code 0
+    outputs = []
     for p, report in nodes + [(src, src_report)]:
-        p.communicate(timeout=20)
+        outputs.append(p.communicate(timeout=20)[0])
         assert p.returncode == 0
         modules = set(json.loads(report.read_text()))
         assert not modules & {"tensorflow", "keras", "tf_keras", "tensorboard"}
         assert {"paho", "numpy", "nonn_tflite"} <= modules   # the check can see imports
     assert "ai_edge_litert" in set(json.loads(nodes[0][1].read_text()))
+    assert "stopped (SIGTERM): 40 inferences" in outputs[0]
+    assert "predicted 40 (complete 40, partial 0)" in outputs[2]
+
+
+def test_dashboard_renders_every_node():
+    from rich.console import Console
+
+    from nonn_tflite.live.dashboard import View, fusion_totals, plain_line, render
+
+    stats = {"fusion": {"kind": "fusion", "predicted": 9, "complete": 7, "partial": 2,
+                        "deadline_ms": 40.0, "rejected": {"bad_magic": 1}}}
+    view = View("digits-k2", "mqtt://127.0.0.1:1883", 3.0, 10, 20, 9, 0.9, 0.95, 1.5, 4.0,
+                devices=[{"node": "device-0", "status": "online", "inferences": 10,
+                          "bytes_sent": 410, "bytes_per_frame": 41.0, "infer_ms_p50": 0.2},
+                         {"node": "device-1", "status": "killed"}],
+                fusion=fusion_totals(stats), rejected=1, events=["t=1.0s killed device-1"])
+    console = Console(record=True, width=120)
+    console.print(render(view))
+    text = console.export_text()
+    for needle in ("device-0", "online", "device-1", "killed", "partial 2", "p99 4.0 ms",
+                   "offline int8 0.950", "killed device-1"):
+        assert needle in text
+    assert "device-1=killed" in plain_line(view) and "partial 2" in plain_line(view)

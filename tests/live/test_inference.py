@@ -180,3 +180,14 @@ def test_replay_guard() -> None:
     assert not g.accept(2, 200) and not g.accept(1, 100)   # replay / reorder
     assert g.accept(0, 300)                                # source restarted
     assert g.accept(0xFFFFFFFF, 400) and g.accept(0, 500)  # wrap
+
+
+def test_offline_device_is_not_waited_for(deployment) -> None:
+    core = FusionCore(deployment, FusionConfig(deadline_ms=10_000))
+    core.add_feature(_feature(deployment, 0, 1, ts=1), 0.0)
+    out = core.set_online(1, False, 0.01)  # device-1's last will: finish what waits for it
+    assert [f.seq for f in out] == [1] and core.counters["partial"] == 1
+    assert [f.seq for f in core.add_feature(_feature(deployment, 0, 2, ts=2), 0.02)] == [2]
+    assert core.set_online(1, True, 0.03) == []
+    assert core.add_feature(_feature(deployment, 0, 3, ts=3), 0.04) == []  # waits again
+    assert core.set_online(9, False, 0.05) == []                          # unknown: ignored

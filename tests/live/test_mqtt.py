@@ -141,3 +141,37 @@ def test_cli_bad_broker_url_is_usage_error(tiny_run, cli) -> None:
                           capture_output=True, text=True, timeout=60)
     assert done.returncode == 2
     assert "mqtt://" in done.stderr and "Traceback" not in done.stderr
+
+
+# ---- TLS ------------------------------------------------------------------------------------
+
+@pytest.fixture
+def tls_mosquitto(tmp_path):
+    """mqtts on loopback with a self-signed certificate for 127.0.0.1 (made with openssl)."""
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+                    "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1",
+                    "-keyout", str(key), "-out", str(cert)], check=True, capture_output=True)
+    key.chmod(0o644)
+    broker = mosquitto_broker(tmp_path / "mq", tls=(cert, key)).start()
+    yield broker, cert
+    broker.stop()
+
+
+def test_mqtts_with_cafile(tls_mosquitto) -> None:
+    broker, cert = tls_mosquitto
+    assert broker.url.startswith("mqtts://")
+    conn = Connection(BrokerConfig.from_url(broker.url, cafile=str(cert)),
+                      ConnectionConfig("nonn-test-tls")).start()
+    try:
+        assert conn.protocol == "5" and tcp_nodelay_enabled(conn)
+    finally:
+        conn.stop()
+
+
+def test_mqtts_untrusted_certificate_is_explained(tls_mosquitto) -> None:
+    broker, _ = tls_mosquitto
+    conn = Connection(BrokerConfig.from_url(broker.url),
+                      ConnectionConfig("nonn-test-tls", connect_timeout_s=1.0))
+    with pytest.raises(BrokerError, match="TLS failed: self.signed certificate.*--cafile"):
+        conn.start()

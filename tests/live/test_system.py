@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import math
+import struct
 import threading
 import time
 
@@ -97,19 +99,20 @@ def test_hostile_frames_are_rejected_and_counted(mosquitto, live_nodes, deployme
     img = image_frame(deployment, 1000, now_us(), np.zeros((8, 8, 1), np.uint8))
     feat = lambda k, n, **kw: Frame(MsgType.FEATURE, kw.pop("dep", dev), kw.pop("seq", 2000),  # noqa: E731
                                     now_us(), bytes(n), k, DType.INT8, kw.pop("scale", 0.02), -128)
-    sends = [
-        (t.image, b"garbage"),                                                 # too_short
-        (t.image, encode(img)[:36] + bytes(70_000)),                           # oversized
-        (t.image, encode(image_frame(deployment, 1, now_us(), np.zeros(64, np.uint8)))
-         .replace(dev.to_bytes(4, "little"), deployment_id("other").to_bytes(4, "little"))),
-        (t.image, encode(img)), (t.image, encode(img)),                        # replayed
-        (t.feature(0), encode(feat(0, 4))),                                    # wrong_width
-        (t.feature(7), encode(feat(7, 5))),                                    # unknown_student
-        (t.feature(0), encode(feat(0, 5, dep=deployment_id("other")))),       # wrong_deployment
-        (t.feature(0), encode(feat(0, 5))[:24] + b"\x00\x00\xc0\x7f" + encode(feat(0, 5))[28:]),
-        (t.feature(1), encode(feat(0, 5))),                                    # topic mismatch
-        (t.feature(0), encode(feat(0, 5, seq=3000))),
-        (t.feature(0), encode(feat(0, 5, seq=3000))),                          # duplicate
+    nan_scale = lambda data: data[:24] + struct.pack("<f", math.nan) + data[28:]  # noqa: E731
+    other = deployment_id("other").to_bytes(4, "little")
+    sends = [  # topic, bytes                                  -> expected verdict
+        (t.image, b"garbage"),                                 # too_short (devices)
+        (t.image, encode(img)[:36] + bytes(70_000)),           # oversized (devices)
+        (t.image, encode(img)[:8] + other + encode(img)[12:]),  # wrong_deployment (devices)
+        (t.image, encode(img)), (t.image, encode(img)),        # ok, then replayed (devices)
+        (t.feature(0), encode(feat(0, 4))),                    # wrong_width (fusion)
+        (t.feature(7), encode(feat(7, 5))),                    # unknown_student (fusion)
+        (t.feature(0), encode(feat(0, 5, dep=deployment_id("other")))),  # wrong_deployment
+        (t.feature(0), nan_scale(encode(feat(0, 5)))),         # bad_scale (fusion)
+        (t.feature(1), encode(feat(0, 5))),                    # topic_mismatch (fusion)
+        (t.feature(0), encode(feat(0, 5, seq=3000))),          # ok ...
+        (t.feature(0), encode(feat(0, 5, seq=3000))),          # ... replayed: duplicate
     ]
     for topic, payload in sends:
         assert inj.publish(topic, payload)

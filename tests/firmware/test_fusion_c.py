@@ -1,0 +1,126 @@
+"""The C fusion node, compiled by gcc, against TFLM and the Python fusion node's arithmetic."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from firmware_bridge.cfusion import fc_layers, params_crc32, quantize_multiplier
+from firmware_bridge.model import read_model
+from nonn_tflite.errors import ModelFileError
+from nonn_tflite.live import protocol
+
+DEP = protocol.deployment_id("digits-k2")
+TIMEOUT_MS = 500
+
+
+@pytest.fixture(scope="module")
+def fusion(cc, c_drivers, esp32_fw):
+    src = esp32_fw.project("fusion").path / "src"
+    sources = [c_drivers / "fusion_driver.c"] + [src / n for n in (
+        "fusion_model.c", "fusion_runner.c", "nonn_wire.c", "nonn_crc32.c", "nonn_quant.c",
+        "nonn_node.c")]
+    exe = cc.program("fusion", sources, includes=[src, c_drivers])
+    return lambda lines: cc.run(exe, lines).stdout.splitlines()
+
+
+def test_c_fusion_layer_equals_tflm_bit_for_bit(fusion, reference):
+    rng = np.random.default_rng(0)
+    inputs = rng.integers(-128, 128, size=(300, 11), dtype=np.int8)
+    inputs[:3] = [[-128] * 11, [127] * 11, [0] * 11]  # saturating corners
+    out = fusion([f"V {x.tobytes().hex()}" for x in inputs])
+    assert out[0].startswith("INIT 0 ")
+    got = np.array([np.frombuffer(bytes.fromhex(line), np.int8) for line in out[1:]])
+    want = np.array([reference.run("fusion", x[None]) for x in inputs])
+    assert np.array_equal(got, want)
+    assert len(np.unique(want)) > 50  # the comparison spans the int8 range, not one value
+
+
+def test_c_fusion_node_predicts_what_the_python_node_would(fusion, reference):
+    """Real student vectors in as wire frames; prediction frames out, byte-identical."""
+    lines, expected = [], []
+    for seq, (v0, v1) in enumerate(reference.vectors(40)):
+        ts = 1_700_000_000_000_000 + seq
+        lines += [f"F {seq * 10} {reference.feature(1, seq, ts, v1).hex()}",
+                  f"F {seq * 10 + 1} {reference.feature(0, seq, ts, v0).hex()}"]
+        expected += ["N 0", f"N 1 {reference.prediction(seq, ts, {0: v0, 1: v1}).hex()}"]
+    out = fusion(lines + ["S"])
+    assert out[1:-1] == expected
+    assert "complete=40 partial=0" in out[-1]
+
+
+def test_missing_student_is_zero_filled_after_the_deadline(fusion, reference):
+    (v0, _), = reference.vectors(1)
+    ts = 1_700_000_000_000_000
+    out = fusion([f"F 1000 {reference.feature(0, 5, ts, v0).hex()}",
+                  f"T {1000 + TIMEOUT_MS - 1}", f"T {1000 + TIMEOUT_MS}", "S"])
+    assert out[1:3] == ["N 0", "N 0"]
+    assert out[3] == f"N 1 {reference.prediction(5, ts, {0: v0}).hex()}"
+    assert "partial=1" in out[4]
+
+
+def test_duplicates_late_and_stale_frames_are_dropped(fusion, reference):
+    (v0, v1), = reference.vectors(1)
+    ts = 2_000_000
+    f0, f1 = reference.feature(0, 9, ts, v0).hex(), reference.feature(1, 9, ts, v1).hex()
+    out = fusion([f"F 0 {f0}", f"F 1 {f0}",                            # duplicate while pending
+                  f"F 2 {f1}",                                         # completes seq 9
+                  f"F 3 {f1}",                                         # duplicate afterwards
+                  f"F 4 {reference.feature(0, 8, ts - 1, v0).hex()}",  # older seq and capture
+                  f"F 5 {reference.feature(0, 3, ts + 1, v0).hex()}",  # later capture: restart
+                  "S"])
+    assert out[1:5] == ["N 0", "N 0", f"N 1 {reference.prediction(9, ts, {0: v0, 1: v1}).hex()}",
+                        "N 0"]
+    assert out[5:7] == ["N 0", "N 0"]
+    assert "duplicate=2" in out[7] and "out_of_order=1" in out[7]
+
+
+def test_a_fifth_pending_frame_evicts_the_oldest(fusion, reference):
+    vecs = reference.vectors(5)
+    lines = [f"F {i} {reference.feature(0, i, 100 + i, v0).hex()}" for i, (v0, _) in enumerate(vecs)]
+    out = fusion(lines + ["S"])
+    assert out[1:5] == ["N 0"] * 4
+    assert out[5] == f"N 1 {reference.prediction(0, 100, {0: vecs[0][0]}).hex()}"
+    assert "evicted=1" in out[6]
+
+
+@pytest.mark.parametrize("frame, reason", [
+    (protocol.Frame(protocol.MsgType.FEATURE, DEP ^ 1, 0, 0, bytes(5), 0), "wrong_deployment"),
+    (protocol.Frame(protocol.MsgType.FEATURE, DEP, 0, 0, bytes(6), 0), "wrong_width"),
+    (protocol.Frame(protocol.MsgType.FEATURE, DEP, 0, 0, bytes(5), 2), "unknown_student"),
+    (protocol.Frame(protocol.MsgType.IMAGE, DEP, 0, 0, bytes(64)), "unexpected_type"),
+])
+def test_fusion_node_rejects_frames_it_cannot_use(fusion, frame, reason):
+    assert fusion([f"F 0 {protocol.encode(frame).hex()}"])[1] == f"ERR {reason}"
+
+
+def test_params_crc_in_c_matches_python(esp32_fw, run):
+    header = (esp32_fw.project("fusion").path / "src" / "fusion_model.h").read_text()
+    crc = params_crc32(fc_layers(read_model(run.model("fusion"))))
+    assert f"NONN_FUSION_PARAMS_CRC32 0x{crc:08X}u" in header
+
+
+def test_corrupted_fusion_weights_are_refused_at_boot(cc, c_drivers, esp32_fw, tmp_path):
+    src = esp32_fw.project("fusion").path / "src"
+    model_c = (src / "fusion_model.c").read_text()
+    first_row = model_c.index("{ ", model_c.index("kWeights0"))
+    bad = tmp_path / "fusion_model.c"
+    bad.write_text(model_c[:first_row + 2] + "1" + model_c[first_row + 2:])  # 13 -> 113 etc.
+    sources = [c_drivers / "fusion_driver.c", bad] + [src / n for n in (
+        "fusion_runner.c", "nonn_wire.c", "nonn_crc32.c", "nonn_quant.c", "nonn_node.c")]
+    exe = cc.program("fusion_corrupt", sources, includes=[src, c_drivers])
+    first = cc.run(exe, []).stdout.splitlines()[0]
+    assert first.startswith("INIT -1 ") and "refusing to run a corrupted model" in first
+
+
+@pytest.mark.parametrize("real, expected", [
+    (0.5, (1 << 30, 0)), (1.0, (1 << 30, 1)), (0.25, (1 << 30, -1)), (0.0, (0, 0)),
+    (1 - 2**-33, (1 << 30, 1)),  # rounds up to 2^31, renormalised
+])
+def test_quantize_multiplier_follows_tflm(real, expected):
+    assert quantize_multiplier(real) == expected
+
+
+def test_a_fusion_with_other_ops_is_refused_for_c(run):
+    with pytest.raises(ModelFileError, match="CONV_2D"):
+        fc_layers(read_model(run.model("student_0")))

@@ -1,0 +1,121 @@
+"""The generated Linux fusion project, built with its own CMakeLists.txt, on a real broker.
+
+Python publishes the students' feature frames to mosquitto; the C fusion node must publish
+exactly the prediction frames the Python fusion node would, and its online/offline status.
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import shutil
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+NEEDED = ("cmake", "pkg-config", "mosquitto")
+missing = [tool for tool in NEEDED if shutil.which(tool) is None and
+           not Path(f"/usr/sbin/{tool}").exists()]
+if not Path("/usr/include/mosquitto.h").is_file():
+    missing.append("libmosquitto-dev")
+pytestmark = pytest.mark.skipif(bool(missing), reason=f"needs {', '.join(missing)}")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def fusion_binary(linux_fw, tmp_path_factory) -> Path:
+    build = tmp_path_factory.mktemp("fusion-build")
+    src = linux_fw.project("fusion").path
+    for cmd in (["cmake", "-S", str(src), "-B", str(build), "-DCMAKE_C_FLAGS=-Werror"],
+                ["cmake", "--build", str(build)]):
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+    return build / "nonn_fusion"
+
+
+@pytest.fixture()
+def broker(tmp_path):
+    port = _free_port()
+    conf = tmp_path / "mosquitto.conf"
+    conf.write_text(f"listener {port} 127.0.0.1\nallow_anonymous true\n")
+    exe = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
+    proc = subprocess.Popen([exe, "-c", str(conf)], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                break
+        time.sleep(0.05)
+    yield port
+    proc.terminate()
+    proc.wait(timeout=10)
+
+
+class Listener:
+    """A paho client that records every message on the deployment's topics."""
+
+    def __init__(self, port: int) -> None:
+        import paho.mqtt.client as mqtt
+
+        self.messages: queue.Queue[tuple[str, bytes]] = queue.Queue()
+        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="test-listener")
+        self.client.on_message = lambda c, u, m: self.messages.put((m.topic, bytes(m.payload)))
+        self.client.connect("127.0.0.1", port)
+        self.client.subscribe("nonn/digits-k2/#", qos=1)
+        self.client.loop_start()
+
+    def next(self, topic: str, timeout: float = 10.0) -> bytes:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                got, payload = self.messages.get(timeout=0.1)
+            except queue.Empty:
+                continue
+            if got == topic:
+                return payload
+        raise AssertionError(f"nothing on {topic} within {timeout} s")
+
+    def publish(self, topic: str, payload: bytes) -> None:
+        self.client.publish(topic, payload, qos=1).wait_for_publish(5)
+
+    def close(self) -> None:
+        self.client.loop_stop()
+        self.client.disconnect()
+
+
+def test_c_fusion_node_serves_predictions_over_mqtt(fusion_binary, broker, reference):
+    listener = Listener(broker)
+    env = {**os.environ, "NONN_MQTT_HOST": "127.0.0.1", "NONN_MQTT_PORT": str(broker)}
+    node = subprocess.Popen([str(fusion_binary)], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    try:
+        assert listener.next("nonn/digits-k2/status/fusion") == b"online"
+        vecs = reference.vectors(4)
+        for seq, (v0, v1) in enumerate(vecs[:3]):
+            ts = 1_700_000_000_000_000 + seq
+            listener.publish("nonn/digits-k2/feature/0", reference.feature(0, seq, ts, v0))
+            listener.publish("nonn/digits-k2/feature/1", reference.feature(1, seq, ts, v1))
+            assert listener.next("nonn/digits-k2/prediction") == reference.prediction(
+                seq, ts, {0: v0, 1: v1})
+        # student 1 stays silent: the frame is fused after the 500 ms deadline, zero-filled
+        v0 = vecs[3][0]
+        start = time.monotonic()
+        listener.publish("nonn/digits-k2/feature/0", reference.feature(0, 3, 99, v0))
+        assert listener.next("nonn/digits-k2/prediction") == reference.prediction(3, 99, {0: v0})
+        assert time.monotonic() - start >= 0.45
+    finally:
+        node.terminate()
+        out, _ = node.communicate(timeout=10)
+    assert node.returncode == 0, out
+    assert "fusion parameters CRC-32" in out and "ok" in out
+    assert listener.next("nonn/digits-k2/status/fusion") == b"offline"
+    listener.close()
