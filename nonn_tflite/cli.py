@@ -19,7 +19,7 @@ COMMANDS = {
     "partition": "pipeline:partition",
     "distill": "pipeline:distill",
     "info": "pipeline:info",
-    "boards": "pipeline:boards",
+    "boards": "boards:boards",
     "convert": "convert:convert",
     "inspect": "convert:inspect",
     "export": "export:export",
