@@ -7,6 +7,7 @@ the C applies gemmlowp's rounding, so the C output equals the TFLM interpreter's
 
 from __future__ import annotations
 
+import itertools
 import math
 import zlib
 from dataclasses import dataclass
@@ -57,7 +58,7 @@ def quantize_multiplier(real: float) -> tuple[int, int]:
 
 
 def _round_half_away(x: float) -> int:
-    return int(math.floor(abs(x) + 0.5)) * (1 if x >= 0 else -1)
+    return math.floor(abs(x) + 0.5) * (1 if x >= 0 else -1)
 
 
 def _effective_scales(inp: TensorInfo, w: TensorInfo, out: TensorInfo) -> list[float]:
@@ -94,7 +95,7 @@ def fc_layers(info: ModelInfo, what: str = "fusion model") -> list[FcLayer]:
         layers.append(_fc_layer(info, op, what))
     if not layers:
         raise ModelFileError(f"{what} has no FULLY_CONNECTED layer")
-    for a, b in zip(layers, layers[1:]):
+    for a, b in itertools.pairwise(layers):
         if a.out_width != b.in_width:
             raise ModelFileError(f"{what}: layer widths {a.out_width} -> {b.in_width} differ")
     return layers

@@ -220,6 +220,10 @@ def _checked_quant(entry: dict[str, Any], key: str, tensor: Any, what: str) -> Q
 
 def _stated_arena(entry: dict[str, Any], report: dict[str, Any], name: str,
                   file_name: str) -> Arena | None:
+    """The host measurement: ``arena_bytes_host`` when the converter wrote one (its
+    ``arena_bytes`` then already includes the 32-bit margin), else ``arena_bytes``."""
+    if _positive(entry.get("arena_bytes_host")):
+        return Arena(int(entry["arena_bytes_host"]), "deployment.json")
     if _positive(entry.get("arena_bytes")):
         return Arena(int(entry["arena_bytes"]), "deployment.json")
     found = report_arena(report, name, file_name)

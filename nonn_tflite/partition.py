@@ -210,6 +210,11 @@ def _affinity(weights: np.ndarray, group, part: list[int]) -> float:
     return float(weights[np.ix_(np.atleast_1d(group), part)].sum())
 
 
+def _ties(weights: np.ndarray, members: list[int], part: list[int]) -> np.ndarray:
+    """Each member's total edge weight into ``part`` (vectorised)."""
+    return weights[np.ix_(members, part)].sum(axis=1) if part else np.zeros(len(members))
+
+
 def _balance_counts(weights: np.ndarray, parts, c: int, k: int, tolerance: float):
     """Move the weakest-tied filters from the largest to the smallest part until balanced."""
     lo = math.floor(c / k * (1 - tolerance))
@@ -219,37 +224,33 @@ def _balance_counts(weights: np.ndarray, parts, c: int, k: int, tolerance: float
         small = min(range(k), key=lambda i: (len(parts[i]), i))
         if (len(parts[big]) <= hi and len(parts[small]) >= lo) or len(parts[big]) - len(parts[small]) <= 1:
             break
-        f = min(parts[big], key=lambda f: (_affinity(weights, f, parts[big])
-                                           - _affinity(weights, f, parts[small]), f))
+        members = sorted(parts[big])
+        loss = _ties(weights, members, parts[big]) - _ties(weights, members, parts[small])
+        f = members[int(np.argmin(loss))]  # first (lowest id) among equals: deterministic
         parts[big].remove(f)
         parts[small].append(f)
     return parts
 
 
 def _balance_activity(weights: np.ndarray, parts, importance: np.ndarray, tolerance: float):
-    """Swap single filters between the most and least active parts while that narrows the gap."""
-    k = len(parts)
-    if k < 2:
+    """Swap single filters between the most and least active parts while that narrows the gap;
+    among equally good swaps, the one that cuts the weakest ties."""
+    if len(parts) < 2:
         return parts
     for _ in range(4 * len(importance)):
-        acts = [float(importance[p].sum()) for p in parts]
+        acts = np.array([importance[p].sum() for p in parts])
         hi, lo = int(np.argmax(acts)), int(np.argmin(acts))
-        gap = acts[hi] - acts[lo]
-        if gap <= tolerance * np.mean(acts) or hi == lo:
+        gap = float(acts[hi] - acts[lo])
+        if gap <= tolerance * float(acts.mean()) or hi == lo:
             break
-        best = None
-        for f in parts[hi]:
-            for g in parts[lo]:
-                d = importance[f] - importance[g]
-                if 0 < d < gap:
-                    new_gap = abs(gap - 2 * d)
-                    cost = _affinity(weights, f, parts[hi]) + _affinity(weights, g, parts[lo])
-                    key = (new_gap, cost, f, g)
-                    if best is None or key < best:
-                        best = key
-        if best is None or best[0] >= gap:
+        fs, gs = np.array(sorted(parts[hi])), np.array(sorted(parts[lo]))
+        d = importance[fs][:, None] - importance[gs][None, :]
+        new_gap = np.where((d > 0) & (d < gap), np.abs(gap - 2 * d), np.inf)
+        cost = _ties(weights, list(fs), parts[hi])[:, None] + _ties(weights, list(gs), parts[lo])[None, :]
+        best = np.lexsort((cost.ravel(), np.round(new_gap.ravel(), 12)))[0]
+        if not np.isfinite(new_gap.ravel()[best]) or new_gap.ravel()[best] >= gap:
             break
-        _, _, f, g = best
+        f, g = int(fs[best // len(gs)]), int(gs[best % len(gs)])
         parts[hi].remove(f)
         parts[lo].remove(g)
         parts[hi].append(g)

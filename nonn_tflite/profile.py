@@ -137,11 +137,11 @@ def measure_arena(model: bytes | str | Path, timeout: float = 300.0) -> ArenaRes
                     hi = size if hi is None else min(hi, size)
                 else:
                     lo = max(lo, size)
-            if crashed_at is not None:
-                if hi is None and crashed_at >= ARENA_START:
+            if crashed_at is not None:  # TFLM also crashes on some too-small arenas
+                if hi is None and crashed_at >= ARENA_MAX:
                     raise ModelFileError(f"TFLite Micro crashed ({_signal_name(done)}) loading "
-                                         f"{path.name}: the model is malformed or uses something "
-                                         "TFLM cannot run")
+                                         f"{path.name} at every arena size up to {ARENA_MAX:,} B: "
+                                         "the model is malformed or uses something TFLM cannot run")
                 lo = max(lo, crashed_at)
             else:
                 recorded = done.get("recorded")
@@ -211,7 +211,7 @@ def _child_bisect(path: str, lo: int, hi: int) -> None:
     parse_tflite(buf, Path(path).name)  # never hand TFLM an unverified flatbuffer
     best = hi or None
     while best is None or best - lo > 1:
-        size = (lo + best) // 2 if best else max(ARENA_START, lo * 4)
+        size = (lo + best) // 2 if best else min(ARENA_MAX, max(ARENA_START, lo * 4))
         print("probe", size, flush=True)
         ok, why = _fits(buf, size, None)
         print("fits" if ok else "fails", size, flush=True)

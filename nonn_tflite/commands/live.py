@@ -10,8 +10,9 @@ import json
 import os
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import click
 
@@ -296,7 +297,7 @@ def demo(run: Path, broker_url, cafile, certfile, keyfile, insecure, protocol, r
 def _run_demo(d, live: bool) -> dict:
     import signal
 
-    def on_term(signum, frame):  # noqa: ARG001 - SIGTERM cleans up like Ctrl-C
+    def on_term(signum, frame):
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, on_term)

@@ -64,7 +64,7 @@ class BrokerProcess:
     def url(self) -> str:
         return f"{'mqtts' if self.tls else 'mqtt'}://{self.host}:{self.port}"
 
-    def start(self, timeout_s: float = 15.0) -> "BrokerProcess":
+    def start(self, timeout_s: float = 15.0) -> BrokerProcess:
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(self.argv, stdout=log, stderr=subprocess.STDOUT,
                                          stdin=subprocess.DEVNULL, env={**os.environ, **self.env})
@@ -105,7 +105,7 @@ class BrokerProcess:
             return "(no log)"
         return " | ".join(lines[-n:]) or "(empty log)"
 
-    def __enter__(self) -> "BrokerProcess":
+    def __enter__(self) -> BrokerProcess:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -174,7 +174,7 @@ async def _serve(host: str, port: int) -> None:
                 break  # exit with the demo that started us, never orphaned
             try:
                 await asyncio.wait_for(stop.wait(), 0.5)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 pass
     finally:
         await broker.shutdown()

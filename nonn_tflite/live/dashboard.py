@@ -12,7 +12,12 @@ import threading
 from dataclasses import dataclass, field
 
 from nonn_tflite.live.models import Deployment
-from nonn_tflite.live.mqtt import BrokerConfig, Connection, ConnectionConfig, make_client_id
+from nonn_tflite.live.mqtt import (
+    BrokerConfig,
+    Connection,
+    ConnectionConfig,
+    make_client_id,
+)
 from nonn_tflite.live.protocol import Topics
 
 FUSION_COUNTERS = ("predicted", "complete", "partial", "late", "duplicate", "out_of_order",
@@ -31,7 +36,7 @@ class Monitor:
             client_id=make_client_id("monitor"),
             subscriptions=(topics.status_all, topics.stats_all)), on_message=self._on_message)
 
-    def start(self) -> "Monitor":
+    def start(self) -> Monitor:
         self.conn.start()
         return self
 

@@ -16,7 +16,12 @@ from dataclasses import dataclass
 import numpy as np
 
 from nonn_tflite.live.models import Deployment, QParams, StudentRunner
-from nonn_tflite.live.mqtt import BrokerConfig, Connection, ConnectionConfig, make_client_id
+from nonn_tflite.live.mqtt import (
+    BrokerConfig,
+    Connection,
+    ConnectionConfig,
+    make_client_id,
+)
 from nonn_tflite.live.protocol import U32, Decoder, DType, Frame, MsgType, encode
 from nonn_tflite.live.runtime import DropOldestQueue, Window
 
@@ -98,7 +103,7 @@ class DeviceNode:
             subscriptions=(self.topics.image,),
             status_topic=self.topics.status(config.node)), on_message=self._on_message)
 
-    def start(self) -> "DeviceNode":
+    def start(self) -> DeviceNode:
         self.conn.start()
         self._worker = threading.Thread(target=self._work, name=self.config.node, daemon=True)
         self._worker.start()

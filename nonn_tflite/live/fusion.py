@@ -25,8 +25,21 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from nonn_tflite.live.models import Deployment, FusionRunner, QParams
-from nonn_tflite.live.mqtt import BrokerConfig, Connection, ConnectionConfig, make_client_id
-from nonn_tflite.live.protocol import U32, Decoder, DType, Frame, MsgType, Topics, encode
+from nonn_tflite.live.mqtt import (
+    BrokerConfig,
+    Connection,
+    ConnectionConfig,
+    make_client_id,
+)
+from nonn_tflite.live.protocol import (
+    U32,
+    Decoder,
+    DType,
+    Frame,
+    MsgType,
+    Topics,
+    encode,
+)
 from nonn_tflite.live.runtime import DropOldestQueue, Window
 
 log = logging.getLogger(__name__)
@@ -242,7 +255,7 @@ class FusionNode:
             subscriptions=tuple(subs), status_topic=self.topics.status(config.node)),
             on_message=lambda topic, payload, t: self.inbox.put((topic, payload, t)))
 
-    def start(self) -> "FusionNode":
+    def start(self) -> FusionNode:
         self.conn.start()
         self._worker = threading.Thread(target=self._work, name=self.config.node, daemon=True)
         self._worker.start()

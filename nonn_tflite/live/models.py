@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Mapping
 
 import numpy as np
 
@@ -31,7 +31,7 @@ class QParams:
     zero_point: int
 
     @classmethod
-    def from_json(cls, d: Mapping, what: str) -> "QParams":
+    def from_json(cls, d: Mapping, what: str) -> QParams:
         try:
             scale, zp = float(d["scale"]), int(d["zero_point"])
         except (KeyError, TypeError, ValueError):

@@ -15,9 +15,9 @@ import secrets
 import socket
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 from urllib.parse import quote, unquote, urlsplit
 
 from nonn_tflite.errors import NonnError, UsageError
@@ -58,7 +58,7 @@ class BrokerConfig:
     @classmethod
     def from_url(cls, url: str, *, cafile: str | None = None, certfile: str | None = None,
                  keyfile: str | None = None, insecure: bool = False,
-                 protocol: str = "auto") -> "BrokerConfig":
+                 protocol: str = "auto") -> BrokerConfig:
         """Parse ``mqtt[s]://[user[:password]@]host[:port]``; raises UsageError when malformed."""
         parts = urlsplit(url.strip())
         if parts.scheme not in ("mqtt", "mqtts"):
@@ -146,7 +146,7 @@ class Connection:
                          for t in config.subscriptions]
 
     # ---- life cycle -------------------------------------------------------------------
-    def start(self) -> "Connection":
+    def start(self) -> Connection:
         """Connect (waiting for the first CONNACK); raises BrokerError/BrokerAuthError."""
         protocols = ["5", "3.1.1"] if self.broker.protocol == "auto" else [self.broker.protocol]
         deadline = time.monotonic() + self.config.connect_timeout_s
@@ -180,8 +180,8 @@ class Connection:
             try:
                 info = client.publish(self.config.status_topic, b"offline", qos=1, retain=True)
                 info.wait_for_publish(timeout=1.0)
-            except Exception:  # noqa: BLE001 - shutting down anyway
-                pass
+            except (RuntimeError, ValueError, OSError) as exc:  # shutting down anyway
+                log.debug("offline status not delivered: %s", exc)
         self._halt()
 
     def publish(self, topic: str, payload: bytes, qos: int = 0, retain: bool = False) -> bool:
@@ -237,8 +237,8 @@ class Connection:
         self._halting = True
         try:
             client.disconnect()
-        except Exception:  # noqa: BLE001
-            pass
+        except (RuntimeError, ValueError, OSError) as exc:
+            log.debug("disconnect: %s", exc)
         client.loop_stop()
         self.connected.clear()
         self._halting = False
@@ -314,7 +314,7 @@ def _guard(func: Callable, *args) -> None:
     """Run a callback; an exception must not kill paho's network thread (and so the node)."""
     try:
         func(*args)
-    except Exception:  # noqa: BLE001
+    except Exception:
         log.exception("error in MQTT callback %s", getattr(func, "__qualname__", func))
 
 

@@ -13,8 +13,8 @@ import math
 import struct
 import zlib
 from collections import Counter
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Mapping
 
 MAGIC = b"NONN"
 VERSION = 1

@@ -12,7 +12,8 @@ import os
 import signal
 import threading
 import time
-from typing import Generic, Iterable, TypeVar
+from collections.abc import Iterable
+from typing import Generic, TypeVar
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -94,7 +95,7 @@ class StopSwitch:
 
     def install_signals(self) -> None:
         """Only from the main thread; the node then shuts down cleanly instead of dying."""
-        def handler(signum, frame):  # noqa: ARG001
+        def handler(signum, frame):
             self.trip(signal.Signals(signum).name)
         signal.signal(signal.SIGTERM, handler)
         signal.signal(signal.SIGINT, handler)

@@ -10,15 +10,20 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
 from nonn_tflite.errors import DatasetError
 from nonn_tflite.live.models import IMAGE_SCALE, IMAGE_ZERO_POINT, Deployment
-from nonn_tflite.live.mqtt import BrokerConfig, Connection, ConnectionConfig, make_client_id
+from nonn_tflite.live.mqtt import (
+    BrokerConfig,
+    Connection,
+    ConnectionConfig,
+    make_client_id,
+)
 from nonn_tflite.live.protocol import U32, Decoder, DType, Frame, MsgType, encode
 from nonn_tflite.live.runtime import Window, now_us
 
@@ -205,7 +210,7 @@ class SourceNode:
     def total(self) -> int:
         return self.config.frames if self.config.frames is not None else len(self.images)
 
-    def start(self) -> "SourceNode":
+    def start(self) -> SourceNode:
         self.conn.start()
         return self
 

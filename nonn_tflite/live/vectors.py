@@ -15,9 +15,20 @@ from pathlib import Path
 
 import numpy as np
 
-from nonn_tflite.live.protocol import (HEADER_FORMAT, HEADER_SIZE, MAGIC, MAX_PAYLOAD,
-                                       NO_STUDENT, REJECT_REASONS, VERSION, DType, Frame,
-                                       MsgType, deployment_id, encode)
+from nonn_tflite.live.protocol import (
+    HEADER_FORMAT,
+    HEADER_SIZE,
+    MAGIC,
+    MAX_PAYLOAD,
+    NO_STUDENT,
+    REJECT_REASONS,
+    VERSION,
+    DType,
+    Frame,
+    MsgType,
+    deployment_id,
+    encode,
+)
 
 DEPLOYMENT = "digits-k2"
 DECODER = {"deployment": DEPLOYMENT, "deployment_id": deployment_id(DEPLOYMENT),
@@ -31,18 +42,18 @@ CHECK_ORDER = [
     "wrong_deployment", "bad_dtype", "bad_scale: NaN, inf, 0 or negative",
     "oversized: declared length > max_payload",
     "bad_length: declared length != bytes after the header",
-    "unknown_student: feature with student 255 or not in feature_widths; "
-    "image/prediction with student != 255",
+    ("unknown_student: feature with student 255 or not in feature_widths; "
+     "image/prediction with student != 255"),
     "wrong_width / wrong_image_size / wrong_num_classes",
 ]
-F32 = lambda v: float(np.float32(v))  # noqa: E731 - the value a float32 field really holds
+F32 = lambda v: float(np.float32(v))
 
 DEP = deployment_id(DEPLOYMENT)
 TS = 1_700_000_000_123_456
 
 
 def _frames() -> dict[str, Frame]:
-    i8 = lambda vals: np.array(vals, np.int8).tobytes()  # noqa: E731
+    i8 = lambda vals: np.array(vals, np.int8).tobytes()
     return {
         "image_gradient": Frame(MsgType.IMAGE, DEP, 0, TS, bytes(range(0, 256, 4)),
                                 dtype=DType.UINT8, scale=F32(1 / 255), zero_point=0),

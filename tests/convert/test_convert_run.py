@@ -316,3 +316,31 @@ def test_cli_inspect_flags_unsupported_ops(tmp_path, float_images):
     res = CliRunner().invoke(main, ["inspect", str(path), "--no-tensors", "--no-arena"])
     assert res.exit_code == 1 and "GELU" in res.output and "has no TFLite Micro kernel" in res.output
     assert parse_tflite(path.read_bytes()).op_names == ["CONV_2D", "GELU", "MEAN"]
+
+
+def test_board_misfit_fails_convert_after_writing_the_report(synthetic_run, tmp_path):
+    """A student too big for the board: convert writes everything, then says which numbers."""
+    import keras
+
+    from nonn_tflite.convert import ConvertOptions, convert_run
+    from nonn_tflite.errors import BoardFitError
+
+    path = tmp_path / "too-big"
+    shutil.copytree(synthetic_run, path)
+    inp = keras.Input((8, 8, 1), name="s1_image")  # ~630k int8 weights, few MACs
+    x = keras.layers.Conv2D(9000, 8, activation="relu", name="s1_wide")(inp)
+    x = keras.layers.Conv2D(6, 1, activation="relu", name="s1_proj")(x)
+    big = keras.Model(inp, keras.layers.GlobalAveragePooling2D(name="s1_vector")(x), name="student_1")
+    big.save(path / "student_1.keras")
+    with pytest.raises(BoardFitError) as exc:
+        convert_run(path, ConvertOptions(calibration=20, boards=["esp32"], latency_runs=3,
+                                         parity_samples=2))
+    msg = str(exc.value)
+    flash = (path / "tflite" / "student_1.tflite").stat().st_size
+    limit = get_board("esp32").model_flash_bytes
+    assert msg.startswith("student 1 does not fit esp32: ") and "student 0" not in msg
+    assert f"flash {flash:,} B > {limit:,} B left for the model" in msg
+    rep = json.loads((path / "tflite" / "report.json").read_text())
+    assert [s["fits"] for s in rep["students"]] == [True, False]
+    assert "Board fit: FAILED" in (path / "tflite" / "report.md").read_text()
+    assert RunDir.open(path).has("convert")  # the numbers are kept for resizing

@@ -14,6 +14,7 @@ import subprocess
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 import pytest
@@ -75,7 +76,7 @@ def build_run(root: Path) -> Fixture:
     import keras
     import tensorflow as tf
 
-    from firmware_bridge.arena import measure_arena
+    from firmware_bridge.arena import ArenaMargin, measure_arena
 
     images, labels = _digits()
     x = images.astype(np.float32) / 255.0
@@ -98,10 +99,12 @@ def build_run(root: Path) -> Fixture:
     for name, blob in blobs.items():
         (tdir / f"{name}.tflite").write_bytes(blob)
 
-    # Arena numbers reach the exporter three ways: deployment.json (student 0), report.json
-    # (student 1), or not at all (fusion: the exporter measures it).
+    # Arena numbers reach the exporter as `convert` writes them: deployment.json (student 0:
+    # arena_bytes with the 32-bit margin, arena_bytes_host measured), report.json only
+    # (student 1), or not at all (fusion: the exporter measures it if a target needs it).
     arena0 = measure_arena(blobs["student_0"])
     arena1 = measure_arena(blobs["student_1"])
+    margin = ArenaMargin()
     meta = {
         "schema": 1, "deployment": DEPLOYMENT, "num_classes": 10,
         "class_names": [str(i) for i in range(10)], "input_shape": [8, 8, 1],
@@ -109,7 +112,8 @@ def build_run(root: Path) -> Fixture:
             {"id": k, "file": f"student_{k}.tflite", "filters": list(range(w)), "width": w,
              "input": _quant(blobs[f"student_{k}"], "inputs"),
              "output": _quant(blobs[f"student_{k}"], "outputs"), "board": "esp32",
-             **({"arena_bytes": arena0} if k == 0 else {})}
+             **({"arena_bytes": margin.apply(arena0), "arena_bytes_host": arena0}
+                if k == 0 else {})}
             for k, w in enumerate(WIDTHS)
         ],
         "fusion": {"file": "fusion.tflite", "input_width": sum(WIDTHS),
@@ -118,8 +122,9 @@ def build_run(root: Path) -> Fixture:
         "fusion_input": "requantise",
     }
     (tdir / "deployment.json").write_text(json.dumps(meta, indent=2))
-    report = {"models": [{"name": "student_1", "file": "student_1.tflite",
-                          "arena_bytes": arena1, "flash_bytes": len(blobs["student_1"])}]}
+    report = {"students": [{"id": 1, "file": "student_1.tflite", "arena_bytes": arena1,
+                            "arena_bytes_32bit": margin.apply(arena1),
+                            "flash_bytes": len(blobs["student_1"])}]}
     (tdir / "report.json").write_text(json.dumps(report, indent=2))
     return Fixture(root, images, labels)
 
@@ -185,7 +190,7 @@ class HostCompiler:
             ) -> subprocess.CompletedProcess:
         """Feed ``lines`` on stdin; returns the finished process (stdout as text)."""
         proc = subprocess.run([str(exe), *args], input="\n".join(lines) + "\n",
-                              capture_output=True, text=True, timeout=60)
+                              capture_output=True, text=True, timeout=60, check=False)
         if check and proc.returncode != 0:
             raise AssertionError(f"{exe.name} exited {proc.returncode}: {proc.stderr}")
         return proc
@@ -197,7 +202,7 @@ class HostCompiler:
 
 
 def _run(cmd: list[str]) -> None:
-    proc = subprocess.run(cmd, capture_output=True, text=True)
+    proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
     if proc.returncode != 0:
         raise AssertionError(f"{' '.join(cmd)}\n{proc.stdout}{proc.stderr}")
 
@@ -224,7 +229,8 @@ def deployment_id(name: str = DEPLOYMENT) -> int:
 class Reference:
     """What the Python nodes compute, via TFLM: student vectors, feature and prediction frames."""
 
-    OFFSETS = {0: (0, WIDTHS[0]), 1: (WIDTHS[0], sum(WIDTHS))}
+    OFFSETS: ClassVar[dict[int, tuple[int, int]]] = {0: (0, WIDTHS[0]),
+                                                      1: (WIDTHS[0], sum(WIDTHS))}
 
     def __init__(self, fx: Fixture) -> None:
         from tflite_micro import runtime

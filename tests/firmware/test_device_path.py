@@ -8,6 +8,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+# module-scoped fixtures (compiled drivers) are safe to share between examples
+FIXTURES_OK = [HealthCheck.function_scoped_fixture]
+
 from firmware_bridge.model import read_model
 from nonn_tflite.live import protocol
 from nonn_tflite.live.device import ReplayGuard
@@ -79,7 +82,7 @@ def test_image_frames_become_the_python_input_and_the_python_feature_frame(devic
         assert got == protocol.encode(want).hex()
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=60, deadline=None, suppress_health_check=FIXTURES_OK)
 @given(pixels=st.binary(min_size=64, max_size=64), zp=st.integers(-128, 255),
        scale=st.floats(2.0**-12, 2.0**-4, width=32), signed=st.booleans())
 def test_any_image_quantisation_is_requantised_like_python(device, student, pixels, zp, scale,
@@ -107,7 +110,7 @@ def test_device_rejects_frames_it_cannot_use(device, frame, reason):
     assert device([f"I {protocol.encode(frame).hex()}"]) == [f"ERR {reason}"]
 
 
-@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=40, deadline=None, suppress_health_check=FIXTURES_OK)
 @given(events=st.lists(st.tuples(
     st.one_of(st.integers(0, 6), st.integers(2**32 - 4, 2**32 - 1), st.integers(0, 2**32 - 1)),
     st.integers(0, 8)), min_size=1, max_size=30))

@@ -94,7 +94,8 @@ def test_esp32_project_pins_its_libraries_and_sizes_the_mqtt_buffer(esp32_fw):
     assert env["platform"] == "espressif32 @ 6.5.0"
     assert env["framework"] == "arduino" and env["board"] == "esp32dev"
     deps = env["lib_deps"].split()
-    assert " ".join(deps) == "tanakamasayuki/TensorFlowLite_ESP32 @ 1.0.0 knolleary/PubSubClient @ 2.8"
+    assert " ".join(deps) == ("tanakamasayuki/TensorFlowLite_ESP32 @ 1.0.0 "
+                              "knolleary/PubSubClient @ 2.8")
     buffer = int(re.search(r"-DMQTT_MAX_PACKET_SIZE=(\d+)", env["build_flags"]).group(1))
     assert buffer >= 5 + 2 + len("nonn/digits-k2/feature/0") + 36 + 64  # image frame + topic
     assert "${sysenv.NONN_WIFI_PASSWORD}" in env["build_flags"]
@@ -122,7 +123,7 @@ def test_arena_constant_is_the_measurement_plus_the_stated_margin(request, run, 
     fw = _fw(request, target)
     meta = json.loads((run.tflite / "deployment.json").read_text())
     p0 = fw.project("device_0")
-    assert p0.arena_measured == meta["students"][0]["arena_bytes"]
+    assert p0.arena_measured == meta["students"][0]["arena_bytes_host"]
     assert p0.arena_bytes == align(p0.arena_measured + max(2048, -(-p0.arena_measured // 4)))
     assert p0.arena_bytes % 16 == 0
     config = (p0.path / "src" / "nonn_config.h").read_text()
@@ -138,6 +139,23 @@ def test_arena_is_measured_when_neither_json_states_it(run, tmp_path):
     measured = fw.project("device_0").arena_measured
     assert measured == measure_arena(run.model("student_0"))
     assert "measured (TFLM bisection)" in (fw.project("device_0").path / "README.md").read_text()
+
+
+def test_a_plain_arena_bytes_counts_as_the_host_measurement(run, tmp_path):
+    run_dir = _clone(run, tmp_path)
+    _edit_deployment(run_dir, lambda m: m["students"][0].update(arena_bytes=3000,
+                                                                 arena_bytes_host=None))
+    fw = export_project(run_dir, "linux", tmp_path / "fw")
+    assert (fw.project("device_0").arena_measured, fw.project("device_0").arena_bytes) == (
+        3000, align(3000 + 2048))
+
+
+def test_margin_is_the_rule_the_conversion_report_uses():
+    from nonn_tflite.profile import arena_with_margin
+
+    margin = TARGETS["esp32-platformio"].margin
+    for measured in (0, 100, 2_000, 8_191, 8_192, 123_457):
+        assert margin.apply(measured) == arena_with_margin(measured)
 
 
 def test_measured_arena_is_the_smallest_that_works(run):
@@ -221,8 +239,8 @@ def test_unknown_target_lists_the_valid_ones(run, tmp_path):
 
 
 def test_run_without_int8_models_is_refused(run, tmp_path):
-    import tensorflow as tf
     import keras
+    import tensorflow as tf
 
     run_dir = _clone(run, tmp_path)
     inp = keras.Input((8, 8, 1))
@@ -305,8 +323,8 @@ def test_cli_exports_and_summarises(run, tmp_path):
 
 
 @pytest.mark.parametrize("args, code, message", [
-    (["--target", "stm32"], 2, "Error: unknown target 'stm32'; valid targets: "
-                               "esp32-platformio, linux"),
+    (["--target", "stm32"], 2,
+     "Error: unknown target 'stm32'; valid targets: esp32-platformio, linux"),
     (["--target", "esp32-platformio", "--broker", "mqtt://h"], 2,
      "Error: --wifi-ssid is required for target esp32-platformio"),
 ])

@@ -77,7 +77,8 @@ def test_duplicates_late_and_stale_frames_are_dropped(fusion, reference):
 
 def test_a_fifth_pending_frame_evicts_the_oldest(fusion, reference):
     vecs = reference.vectors(5)
-    lines = [f"F {i} {reference.feature(0, i, 100 + i, v0).hex()}" for i, (v0, _) in enumerate(vecs)]
+    lines = [f"F {i} {reference.feature(0, i, 100 + i, v0).hex()}"
+             for i, (v0, _) in enumerate(vecs)]
     out = fusion(lines + ["S"])
     assert out[1:5] == ["N 0"] * 4
     assert out[5] == f"N 1 {reference.prediction(0, 100, {0: vecs[0][0]}).hex()}"

@@ -58,7 +58,8 @@ def test_resolver_header_compiles_against_the_tflm_api(run, cc, tmp_path):
     (tmp_path / "model_ops.h").write_text(resolver_header("student_0", run.model("student_0")))
     main = tmp_path / "use.cc"
     main.write_text('#include "model_ops.h"\n'
-                    "int main() { nonn::OpResolver r; return nonn::RegisterOps(r) == kTfLiteOk; }\n")
+                    "int main() { nonn::OpResolver r;\n"
+                    "  return nonn::RegisterOps(r) == kTfLiteOk; }\n")
     cc.syntax(main, [tmp_path, STUBS])
 
 

@@ -16,6 +16,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+# module-scoped fixtures (compiled drivers) are safe to share between examples
+FIXTURES_OK = [HealthCheck.function_scoped_fixture]
+
 from nonn_tflite.live import protocol
 
 VECTORS = Path(__file__).parents[1] / "vectors" / "frames.json"
@@ -111,7 +114,7 @@ frames = st.builds(
     st.binary(max_size=80))
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=150, deadline=None, suppress_health_check=FIXTURES_OK)
 @given(batch=st.lists(frames, min_size=1, max_size=20))
 def test_c_encode_matches_protocol_encode(wire, batch):
     fields = [{"msg_type": int(f.msg_type), "student": f.student, "dtype": int(f.dtype),
@@ -141,7 +144,7 @@ def _mutate(data: bytes, draw) -> bytes:
     return bytes(buf)
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=150, deadline=None, suppress_health_check=FIXTURES_OK)
 @given(data=st.data())
 def test_c_accepts_and_rejects_exactly_like_protocol_decoder(wire, data):
     """Random valid and corrupted frames: same verdict, same reason, same fields."""

@@ -14,8 +14,8 @@ import pytest
 from click.testing import CliRunner
 
 from nonn_tflite.cli import main
-from nonn_tflite.live.demo import KillSpec, parse_kill
 from nonn_tflite.errors import UsageError
+from nonn_tflite.live.demo import KillSpec, parse_kill
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -66,7 +66,7 @@ def test_ctrl_c_stops_everything(tiny_run, cli, procs):
     _, stderr = p.communicate(timeout=30)
     assert p.returncode == 130 and "Interrupted" in stderr
     assert "Traceback" not in stderr
-    gone, alive = psutil.wait_procs(children, timeout=5)
+    _, alive = psutil.wait_procs(children, timeout=5)
     assert not alive, f"orphans: {[c.pid for c in alive]}"
 
 
@@ -83,7 +83,7 @@ def test_demo_sigterm_stops_children(tiny_run, cli, procs):
     p.terminate()
     p.communicate(timeout=30)
     assert p.returncode == 130
-    gone, alive = psutil.wait_procs(children, timeout=5)
+    _, alive = psutil.wait_procs(children, timeout=5)
     assert not alive, f"orphans: {[c.pid for c in alive]}"
 
 

@@ -11,8 +11,14 @@ import pytest
 from nonn_tflite.errors import ModelFileError, RunDirError
 from nonn_tflite.live.device import DeviceCore, ReplayGuard
 from nonn_tflite.live.fusion import FusionConfig, FusionCore
-from nonn_tflite.live.models import (IMAGE_SCALE, QParams, image_to_input, load_deployment,
-                                     requantise, round_half_away)
+from nonn_tflite.live.models import (
+    IMAGE_SCALE,
+    QParams,
+    image_to_input,
+    load_deployment,
+    requantise,
+    round_half_away,
+)
 from nonn_tflite.live.offline import OfflineSystem
 from nonn_tflite.live.protocol import DType, Frame, MsgType
 from nonn_tflite.live.source import image_frame, load_images
@@ -191,3 +197,22 @@ def test_offline_device_is_not_waited_for(deployment) -> None:
     assert core.set_online(1, True, 0.03) == []
     assert core.add_feature(_feature(deployment, 0, 3, ts=3), 0.04) == []  # waits again
     assert core.set_online(9, False, 0.05) == []                          # unknown: ignored
+
+
+# ---- image sources --------------------------------------------------------------------------
+
+def test_images_folder_labels_from_class_folders(deployment, tmp_path) -> None:
+    from PIL import Image
+
+    from nonn_tflite.errors import DatasetError
+
+    for label in ("3", "7"):
+        (tmp_path / label).mkdir()
+        Image.new("RGB", (16, 16), (200, 10, 10)).save(tmp_path / label / "a.png")
+    (tmp_path / "unlabelled.png").write_bytes((tmp_path / "3" / "a.png").read_bytes())
+    images = load_images(deployment, images=tmp_path)
+    assert images.x.shape == (3, 8, 8, 1) and images.x.dtype == np.uint8  # resized, grey
+    assert sorted(images.y.tolist()) == [-1, 3, 7]
+    with pytest.raises(DatasetError, match="expects"):
+        np.savez(tmp_path / "bad.npz", x=np.zeros((2, 9, 9, 1), np.uint8), y=[0, 1])
+        load_images(deployment, npz=tmp_path / "bad.npz")

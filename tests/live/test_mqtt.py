@@ -6,10 +6,17 @@ import subprocess
 import time
 
 import pytest
+
 from nonn_tflite.errors import NonnError, UsageError
 from nonn_tflite.live.broker import free_port, mosquitto_broker
-from nonn_tflite.live.mqtt import (BrokerAuthError, BrokerConfig, BrokerError, Connection,
-                                   ConnectionConfig, tcp_nodelay_enabled)
+from nonn_tflite.live.mqtt import (
+    BrokerAuthError,
+    BrokerConfig,
+    BrokerError,
+    Connection,
+    ConnectionConfig,
+    tcp_nodelay_enabled,
+)
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -12,9 +12,19 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from nonn_tflite.live.protocol import (HEADER_SIZE, MAX_PAYLOAD, NO_STUDENT, REJECT_REASONS,
-                                       Decoder, DType, Frame, MsgType, Topics, deployment_id,
-                                       encode)
+from nonn_tflite.live.protocol import (
+    HEADER_SIZE,
+    MAX_PAYLOAD,
+    NO_STUDENT,
+    REJECT_REASONS,
+    Decoder,
+    DType,
+    Frame,
+    MsgType,
+    Topics,
+    deployment_id,
+    encode,
+)
 from nonn_tflite.live.vectors import build_vectors, dumps
 
 pytestmark = pytest.mark.timeout(60)

@@ -97,9 +97,9 @@ def test_hostile_frames_are_rejected_and_counted(mosquitto, live_nodes, deployme
     t, inj = deployment.topics, _injector(mosquitto.url)
     dev = deployment.id
     img = image_frame(deployment, 1000, now_us(), np.zeros((8, 8, 1), np.uint8))
-    feat = lambda k, n, **kw: Frame(MsgType.FEATURE, kw.pop("dep", dev), kw.pop("seq", 2000),  # noqa: E731
+    feat = lambda k, n, **kw: Frame(MsgType.FEATURE, kw.pop("dep", dev), kw.pop("seq", 2000),
                                     now_us(), bytes(n), k, DType.INT8, kw.pop("scale", 0.02), -128)
-    nan_scale = lambda data: data[:24] + struct.pack("<f", math.nan) + data[28:]  # noqa: E731
+    nan_scale = lambda data: data[:24] + struct.pack("<f", math.nan) + data[28:]
     other = deployment_id("other").to_bytes(4, "little")
     sends = [  # topic, bytes                                  -> expected verdict
         (t.image, b"garbage"),                                 # too_short (devices)
