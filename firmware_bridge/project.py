@@ -29,6 +29,7 @@ log = logging.getLogger(__name__)
 
 MANIFEST = "export.json"
 FUSION_TIMEOUT_MS = 500
+FUSION_SLOTS = 4  # frames the C fusion assembles at once (RAM: slots x fusion input width)
 # Rendered into every project's src/ (fusion projects add the fusion_* pair).
 COMMON_SOURCES = ("nonn_wire.h", "nonn_wire.c", "nonn_crc32.h", "nonn_crc32.c", "nonn_quant.h",
                   "nonn_quant.c", "nonn_node.h", "nonn_node.c", "nonn_config.h")
@@ -84,7 +85,10 @@ class ExportResult:
     manifest: Path
 
     def project(self, name: str) -> ProjectResult:
-        return next(p for p in self.projects if p.name == name)
+        for p in self.projects:
+            if p.name == name:
+                return p
+        raise KeyError(f"no project {name!r}; have {', '.join(p.name for p in self.projects)}")
 
 
 @dataclass
@@ -191,6 +195,7 @@ def _base_context(dep: Deployment, tgt: Target, broker: Broker, options: ExportO
         "run_label": run_dir.as_posix(),
         "margin_text": tgt.margin.describe(),
         "fusion_timeout_ms": options.fusion_timeout_ms,
+        "fusion_slots": FUSION_SLOTS,
         "slices": dep.slices(),
         "all_topics": topics(dep.name),
     }
@@ -209,13 +214,14 @@ def _device_plan(dep: Deployment, student: Student, tgt: Target,
     ops = _ops(model)
     header, source = to_c_array(model.name, model.data, source_note=model.path.name)
     longest = max(len(v) for v in project_topics.values())
-    frame = max(model.input_size, student.width)
+    packet = _mqtt_packet(longest, max(model.input_size, student.width))
+    _check_mqtt(tgt, model.path.name, packet)
     context = {
         **base, "project": name, "node": node, "role": "device", "student": student,
         "model": model,
         "topics": project_topics, "arena_bytes": arena, "ops": ops,
         "symbol": array_symbol(model.name), "input_hwc": _hwc(model),
-        "client_id": f"nonn-{dep.name}-{node}", "mqtt_buffer": _mqtt_buffer(longest, frame),
+        "client_id": f"nonn-{dep.name}-{node}", "mqtt_buffer": _mqtt_buffer(packet, tgt),
     }
     generated = {f"{model.name}_model_data.h": header, f"{model.name}_model_data.cc": source,
                  "model_ops.h": render("common/model_ops.h.j2", name=model.name, calls=ops,
@@ -236,14 +242,14 @@ def _fusion_plan(dep: Deployment, tgt: Target, base: dict[str, Any]) -> _Plan:
     project_topics = {"features": t["features"], "prediction": t["prediction"],
                       "status": f"{t['prefix']}/status/fusion"}
     longest = max(len(v) for v in project_topics.values()) + 3  # '+' -> student id
-    frame = max([dep.num_classes] + [s.width for s in dep.students])
+    packet = _mqtt_packet(longest, max([dep.num_classes] + [s.width for s in dep.students]))
     context = {**base, "project": "fusion", "node": "fusion", "role": "fusion",
                "topics": project_topics,
                "layers": layers, "fusion": dep.fusion, "client_id": f"nonn-{dep.name}-fusion",
                "crc": params_crc32(layers), "fusion_flash": flash,
-               "mqtt_buffer": _mqtt_buffer(longest, frame)}
+               "mqtt_buffer": _mqtt_buffer(packet, tgt)}
     result = {"student": None, "arena_measured": None, "arena_bytes": None,
-              "flash_bytes": flash, "ops": tuple(op.op for op in dep.fusion.info.operators),
+              "flash_bytes": flash, "ops": tuple(dict.fromkeys(dep.fusion.info.op_codes)),
               "publishes": (project_topics["prediction"], project_topics["status"])}
     return _Plan("fusion", "fusion", context,
                  {"fusion_model.h": header, "fusion_model.c": source}, result)
@@ -265,9 +271,22 @@ def _hwc(model: ModelEntry) -> tuple[int, int, int]:
     return 1, model.input_size, 1
 
 
-def _mqtt_buffer(topic_len: int, payload: int) -> int:
-    """Bytes for the largest MQTT PUBLISH: 5-byte fixed header, 2+topic, frame; 64 B slack."""
-    return align(5 + 2 + topic_len + 36 + payload + 64, 64)
+def _mqtt_packet(topic_len: int, payload: int) -> int:
+    """Bytes of the largest MQTT PUBLISH: 5-byte fixed header, 2 + topic, 36 + payload frame."""
+    return 5 + 2 + topic_len + 36 + payload
+
+
+def _mqtt_buffer(packet: int, tgt: Target) -> int:
+    """The client buffer: the largest packet plus 64 B of slack, within the client's limit."""
+    buffer = align(packet + 64, 64)
+    return min(buffer, tgt.mqtt_packet_limit) if tgt.mqtt_packet_limit else buffer
+
+
+def _check_mqtt(tgt: Target, what: str, packet: int) -> None:
+    limit = tgt.mqtt_packet_limit
+    if limit is not None and packet > limit:
+        raise BoardFitError(f"{what}: an image frame needs a {packet:,} B MQTT packet but "
+                            f"{tgt.name}'s MQTT client handles at most {limit:,} B")
 
 
 def _check_fit(model: ModelEntry, arena: int, tgt: Target) -> None:

@@ -39,9 +39,7 @@ class Target:
     margin: ArenaMargin
     needs_wifi: bool
     default_broker: str | None
-    build_command: str
-    flash_command: str
-    fusion_language: str  # "C++ (Arduino)" or "C"
+    mqtt_packet_limit: int | None = None  # largest packet the MQTT client can buffer
 
 
 ESP32 = Target(
@@ -66,9 +64,7 @@ ESP32 = Target(
     margin=ArenaMargin(fraction=0.25, minimum=2048),
     needs_wifi=True,
     default_broker=None,
-    build_command="pio run",
-    flash_command="pio run -t upload && pio device monitor -b 115200",
-    fusion_language="C++ (Arduino) around the generated C fusion",
+    mqtt_packet_limit=65_535,  # PubSubClient::setBufferSize(uint16_t)
 )
 
 LINUX = Target(
@@ -92,9 +88,6 @@ LINUX = Target(
     margin=ArenaMargin(fraction=0.25, minimum=2048),
     needs_wifi=False,
     default_broker="mqtt://localhost:1883",
-    build_command="./scripts/fetch_tflm.sh && cmake -S . -B build && cmake --build build -j",
-    flash_command="./build/{binary}",
-    fusion_language="C (C99) with libmosquitto",
 )
 
 TARGETS: dict[str, Target] = {t.name: t for t in (ESP32, LINUX)}

@@ -13,6 +13,7 @@ half away from zero, as C's ``round``). The int8 system accuracy here is compute
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import warnings
@@ -66,6 +67,8 @@ class ConvertOptions:
 
 @dataclass
 class KerasSystem:
+    """The float models of a distilled run; students already cut to image -> vector."""
+
     teacher: object
     students: list
     fusion: object
@@ -104,6 +107,8 @@ class Evaluation:
 
 @dataclass
 class ConvertResult:
+    """What ``convert_run`` produced; ``report`` is report.json's content."""
+
     run_dir: Path
     tflite_dir: Path
     report: dict
@@ -300,6 +305,7 @@ def _model_entry(p: ModelProfile, acc_float: float | None, acc_int8: float | Non
 
 def build_report(run: RunDir, ds: Dataset, system: KerasSystem, profiles: dict[str, ModelProfile],
                  ev: Evaluation, fits: list[dict], parts: list, calib: dict) -> dict:
+    """report.json: one entry per model (M), the system accuracies and teacher/student ratios."""
     students = []
     for k, width in enumerate(system.widths):
         entry = _model_entry(profiles[f"student_{k}.tflite"], None, None)
@@ -346,8 +352,8 @@ def ratios(teacher: dict, students: list[dict]) -> dict:
 
 def deployment_doc(report: dict, ds: Dataset) -> dict:
     """tflite/deployment.json: the contract the live nodes and firmware read (ARCHITECTURE.md)."""
-    def q(io: dict) -> dict:
-        return {"scale": io["scale"], "zero_point": io["zero_point"]}
+    def q(tensor: dict) -> dict:
+        return {"scale": tensor["scale"], "zero_point": tensor["zero_point"]}
 
     f = report["fusion"]
     return {
@@ -377,8 +383,6 @@ def _write_outputs(tdir: Path, report: dict, ds: Dataset, indices: np.ndarray) -
                {"split": "train", "seed": report["calibration"]["seed"],
                 "count": len(indices), "indices": [int(i) for i in indices]})
     n = min(TEST_SAMPLE_MAX, len(ds.y_test))
-    import io
-
     mem = io.BytesIO()
     np.savez_compressed(mem, x=ds.x_test[:n], y=ds.y_test[:n].astype(np.int64))
     atomic_write_bytes(tdir / "test_sample.npz", mem.getvalue())

@@ -68,7 +68,7 @@ def arena_with_margin(measured: int) -> int:
 class ArenaResult:
     arena_bytes: int  # minimal, 64-bit host
     arena_bytes_32bit: int  # with the firmware margin
-    recorded_bytes: int | None  # TFLM's own "Arena allocation total" at a generous size
+    recorded_bytes: int | None  # TFLM's RecordingMicroAllocator total at that size (reference)
     probes: int
 
     def as_dict(self) -> dict:
@@ -81,15 +81,14 @@ def _tflm(buf: bytes, size: int):
     return runtime.Interpreter.from_bytes(buf, arena_size=int(size))
 
 
-def _fits(buf: bytes, size: int, sample: np.ndarray | None) -> tuple[bool, str]:
+def _fits(buf: bytes, size: int) -> tuple[bool, str]:
     """(True, "") when TFLM allocates and invokes with ``size`` bytes (invoke: scratch buffers
     are checked too), else (False, TFLM's complaint)."""
     with captured_output((2,)) as out:
         try:
             it = _tflm(buf, size)
             details = it.get_input_details(0)
-            x = sample if sample is not None else np.zeros(details["shape"], details["dtype"])
-            it.set_input(x, 0)
+            it.set_input(np.zeros(details["shape"], details["dtype"]), 0)
             it.invoke()
             ok = True
         except RuntimeError:
@@ -125,7 +124,8 @@ def measure_arena(model: bytes | str | Path, timeout: float = 300.0) -> ArenaRes
     TFLM's Python wrapper segfaults instead of raising for some too-small arenas (below
     ~464 B, and just under the minimum when a kernel's Prepare fails half-way), so every probe
     runs in a child; a child that dies on a probe marks that size as too small and a new child
-    carries on. A model that kills TFLM even at a generous size is reported as malformed.
+    carries on. A model that kills TFLM at every size up to :data:`ARENA_MAX` is reported as
+    malformed (ModelFileError), as is one TFLM refuses outright (a missing op kernel).
     """
     with _model_file(model) as path:
         lo, hi, probes, recorded = 0, None, 0, None
@@ -213,7 +213,7 @@ def _child_bisect(path: str, lo: int, hi: int) -> None:
     while best is None or best - lo > 1:
         size = (lo + best) // 2 if best else min(ARENA_MAX, max(ARENA_START, lo * 4))
         print("probe", size, flush=True)
-        ok, why = _fits(buf, size, None)
+        ok, why = _fits(buf, size)
         print("fits" if ok else "fails", size, flush=True)
         if ok:
             best = size
@@ -231,9 +231,12 @@ KERNELS = ("reference", "builtin", "default")
 
 def litert(buf: bytes, kernels: str = "reference", threads: int = 1):
     """A LiteRT interpreter: ``reference`` (BUILTIN_REF), ``builtin`` (optimised builtin kernels,
-    no delegate; bit-exact with TFLM too) or ``default`` (with the XNNPACK delegate)."""
+    no delegate: what the live nodes run) or ``default`` (with the XNNPACK delegate). On int8
+    models the three agree except for occasional 1-LSB rounding differences in some ops."""
     from ai_edge_litert.interpreter import Interpreter, OpResolverType
 
+    if kernels not in KERNELS:
+        raise ValueError(f"kernels must be one of {KERNELS}, not {kernels!r}")
     resolver = {"reference": OpResolverType.BUILTIN_REF,
                 "builtin": OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES,
                 "default": OpResolverType.AUTO}[kernels]
@@ -346,10 +349,10 @@ def tflm_parity(buf: bytes, inputs: np.ndarray, arena_bytes: int) -> ParityResul
         note = "bit-exact"
     else:
         where = (f"; first difference at op {first['op']} {first['opcode']} (layer {first['layer']}, "
-                 f"max {first['max_abs_diff']} LSB), all ops before it bit-exact" if first else "")
-        note = (f"{int((d > 0).sum())} of {d.size} output values differ by up to {int(d.max())} "
-                f"LSB{where}: TFLM and LiteRT round that op's int8 requantisation differently "
-                "(a known difference between the two kernel sets, not a conversion error)")
+                 f"max {first['max_abs_diff']} LSB), all ops before it bit-exact: TFLM and LiteRT "
+                 "round that op's int8 requantisation differently (a known difference between "
+                 "the two kernel sets, not a conversion error)" if first else "")
+        note = f"{int((d > 0).sum())} of {d.size} output values differ by up to {int(d.max())} LSB{where}"
     return ParityResult(len(diffs), exact, int(d.max()) if d.size else 0, int((d > 0).sum()),
                         int(d.size), first, note)
 

@@ -12,9 +12,11 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import io
 import json
 import logging
 import os
+import sys
 import tempfile
 import warnings
 from collections.abc import Iterator
@@ -106,31 +108,51 @@ def _representative(samples: np.ndarray):
 
 
 def _convert(model, samples: np.ndarray, from_saved_model: bool) -> bytes:
-    import tensorflow as tf
-
+    data, error = None, None
     with captured_output() as out, tempfile.TemporaryDirectory() as tmp, warnings.catch_warnings():
         # int8 *inputs* need no statistics: their range comes from the representative data
         warnings.filterwarnings("ignore", "Statistics for quantized inputs were expected")
         try:
-            if from_saved_model:
-                model.export(tmp)
-                conv = tf.lite.TFLiteConverter.from_saved_model(tmp)
-            else:
-                conv = tf.lite.TFLiteConverter.from_keras_model(model)
-            conv.optimizations = [tf.lite.Optimize.DEFAULT]
-            conv.representative_dataset = _representative(samples)
-            conv.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
-            conv.inference_input_type = tf.int8
-            conv.inference_output_type = tf.int8
-            return bytes(conv.convert())
+            data = bytes(_converter(model, samples, tmp, from_saved_model).convert())
         except Exception as exc:  # the converter raises many types; users get one line
             reason = _first_line(str(exc)) or type(exc).__name__
-            raise ConversionError(f"int8 conversion of {model.name} failed: {reason}") from exc
-        finally:
-            log.debug("converter output for %s:\n%s", model.name, out.text)
+            error = ConversionError(f"int8 conversion of {model.name} failed: {reason}")
+            error.__cause__ = exc
+    log.debug("converter output for %s:\n%s", model.name, out.text)  # after the capture ends
+    if data is None:
+        raise error or ConversionError(f"int8 conversion of {model.name} produced nothing")
+    return data
+
+
+def _converter(model, samples: np.ndarray, tmp: str, from_saved_model: bool):
+    """A TFLiteConverter set for full-integer int8 (GUIDE §3: every one of these is needed)."""
+    import tensorflow as tf
+
+    if from_saved_model:
+        model.export(tmp)
+        conv = tf.lite.TFLiteConverter.from_saved_model(tmp)
+    else:
+        conv = tf.lite.TFLiteConverter.from_keras_model(model)
+    conv.optimizations = [tf.lite.Optimize.DEFAULT]
+    conv.representative_dataset = _representative(samples)
+    conv.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+    conv.inference_input_type = tf.int8
+    conv.inference_output_type = tf.int8
+    return conv
 
 
 def _first_line(text: str) -> str:
+    """The useful part of a converter error: the ops TFLite lacks (and their layers), else
+    the first line of MLIR's multi-page dump."""
+    import re
+
+    select = re.search(r"TF Select ops: ([^\n]+)", text)
+    if select:
+        scopes = re.findall(r'fused\["(\w+):", "([^"@]+)@', text)
+        layers = sorted({layer_of(scope) for op, scope in scopes if op in select.group(1)})
+        where = f" (layer {', '.join(layers)})" if layers else ""
+        return (f"it uses TensorFlow ops with no TFLite builtin kernel: {select.group(1).strip()}"
+                f"{where}; TFLite Micro cannot run them either")
     for line in text.strip().splitlines():
         line = line.strip()
         if line and not line.startswith(("Traceback", "File ")):
@@ -144,32 +166,36 @@ class _Captured:
 
 @contextlib.contextmanager
 def captured_output(fds: tuple[int, ...] = (1, 2)) -> Iterator[_Captured]:
-    """Send C-level stdout/stderr (converter and TFLM chatter) to a buffer while inside.
+    """Send stdout/stderr (converter and TFLM chatter) to a buffer while inside.
 
     TensorFlow's converter and TFLM write straight to file descriptors 1 and 2, bypassing
-    ``sys.stdout``; redirecting the descriptors is the only way to keep the CLI quiet.
+    ``sys.stdout``, so the descriptors are redirected; Python-level writes (Keras prints) are
+    redirected too, for callers whose ``sys.stdout`` is not fd 1 (click's CliRunner).
     """
-    import sys
-
     result = _Captured()
-    with tempfile.TemporaryFile() as sink:
+    py = io.StringIO()
+    with tempfile.TemporaryFile() as sink, contextlib.ExitStack() as stack:
         for stream in (sys.stdout, sys.stderr):
             with contextlib.suppress(Exception):
                 stream.flush()
+        if 1 in fds:
+            stack.enter_context(contextlib.redirect_stdout(py))
+        if 2 in fds:
+            stack.enter_context(contextlib.redirect_stderr(py))
         saved = {fd: os.dup(fd) for fd in fds}
         try:
             for fd in fds:
                 os.dup2(sink.fileno(), fd)
             yield result
         finally:
-            for stream in (sys.stdout, sys.stderr):
+            for stream in (sys.stdout, sys.stderr, sys.__stdout__, sys.__stderr__):
                 with contextlib.suppress(Exception):
                     stream.flush()
             for fd, dup in saved.items():
                 os.dup2(dup, fd)
                 os.close(dup)
             sink.seek(0)
-            result.text = sink.read().decode("utf-8", errors="replace")
+            result.text = sink.read().decode("utf-8", errors="replace") + py.getvalue()
 
 
 # -- TFLite Micro compatibility ---------------------------------------------------------------

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import click
 
@@ -37,13 +38,30 @@ def convert(run_dir: str, boards: str | None, no_board: bool, calibration: int, 
       nonn-tflite convert runs/digits-k2
       nonn-tflite convert runs/c10 --board esp32 --calibration 500
     """
+    from nonn_tflite.convert import ConvertOptions
+
+    names = [] if no_board else ([b.strip() for b in boards.split(",")] if boards else None)
+    convert_and_report(run_dir, ConvertOptions(calibration=calibration, seed=seed, boards=names,
+                                               latency_runs=latency_runs,
+                                               parity_samples=parity_samples, force=force))
+
+
+def convert_and_report(run_dir: str | Path, options=None, *, force: bool = False):
+    """Run the convert stage and print its table (``convert`` and the end of ``run`` use this).
+
+    ``options`` is a :class:`nonn_tflite.convert.ConvertOptions` (defaults: 500 calibration
+    images, seed 0, the distill stage's boards, 200 latency runs); ``force`` overrides its own.
+    Returns the ConvertResult; BoardFitError still propagates, after the table is printed.
+    """
+    from dataclasses import replace
+
     from nonn_tflite.convert import ConvertOptions, convert_run
     from nonn_tflite.errors import BoardFitError
     from nonn_tflite.report import print_report
 
-    names = [] if no_board else ([b.strip() for b in boards.split(",")] if boards else None)
-    opts = ConvertOptions(calibration=calibration, seed=seed, boards=names,
-                          latency_runs=latency_runs, parity_samples=parity_samples, force=force)
+    opts = options or ConvertOptions()
+    if force:
+        opts = replace(opts, force=True)
     try:
         result = convert_run(run_dir, opts)
     except BoardFitError as exc:
@@ -53,6 +71,7 @@ def convert(run_dir: str, boards: str | None, no_board: bool, calibration: int, 
     if not is_quiet():
         print_report(result.report)
     click.echo(f"wrote {result.tflite_dir} (report.md, report.png, deployment.json)")
+    return result
 
 
 @click.command()

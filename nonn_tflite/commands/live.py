@@ -84,7 +84,7 @@ RUN_ARG = click.argument("run", type=click.Path(exists=True, path_type=Path))
 @common_options
 def device(run: Path, student: int, broker_url: str, cafile, certfile, keyfile, insecure,
            protocol, queue: int, xnnpack: bool, client_id, duration) -> None:
-    """Run student K of a deployment as a device node (e.g. on a Raspberry Pi).
+    """Run one student of a deployment as a device node, say on a Raspberry Pi.
 
     Receives image frames, runs the int8 student under LiteRT and publishes its pooled feature
     vector. Reconnects with backoff if the broker goes away.
@@ -132,7 +132,7 @@ def device(run: Path, student: int, broker_url: str, cafile, certfile, keyfile, 
 @common_options
 def fusion(run: Path, broker_url: str, cafile, certfile, keyfile, insecure, protocol, group,
            name: str, deadline_ms, queue: int, xnnpack: bool, client_id, duration) -> None:
-    """Run the fusion node (e.g. on the gateway): K feature vectors in, predictions out.
+    """Run the fusion node on the gateway: K feature vectors in, predictions out.
 
     Missing students are zero-filled at the deadline; duplicates, late and out-of-order vectors
     are dropped and counted.

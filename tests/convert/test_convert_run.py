@@ -17,12 +17,11 @@ from click.testing import CliRunner
 from nonn_tflite.boards import Board, get_board
 from nonn_tflite.cli import main
 from nonn_tflite.convert import board_fit, resolve_boards
-from nonn_tflite.errors import ModelFileError, UsageError
+from nonn_tflite.errors import UsageError
 from nonn_tflite.profile import (
     WIRE_HEADER_BYTES,
     Int8Runner,
     images_to_int8,
-    measure_arena,
     qparams,
     requantise,
 )
@@ -298,10 +297,8 @@ def test_cli_inspect_survives_a_model_that_kills_tflm(tdir, tmp_path):
     evil = tmp_path / "evil.tflite"
     evil.write_bytes(bytes(data))
     assert read_tflite(evil).tensors[0].shape == (1, 8, 8, 0)  # passes structural checks
-    with pytest.raises(ModelFileError, match="crashed"):
-        measure_arena(evil)
     res = CliRunner().invoke(main, ["inspect", str(evil), "--no-tensors"])
-    assert res.exit_code == 2 and "TFLite Micro crashed" in res.output
+    assert res.exit_code == 2 and "TFLite Micro crashed (SIGFPE)" in res.output
     assert "CONV_2D" in res.output  # the facts were still shown
 
 

@@ -85,3 +85,14 @@ def test_tflm_op_list_names_real_builtins():
 def test_empty_calibration_data_is_a_conversion_error():
     with pytest.raises(ConversionError, match="empty"):
         convert_int8(_model(), np.zeros((0, 8, 8, 1), np.float32))
+
+
+def test_tf_op_without_tflite_kernel_is_one_line_naming_op_and_layer():
+    import keras
+
+    inp = keras.Input((4,), name="x")
+    out = keras.layers.Lambda(lambda t: keras.ops.cumprod(t, axis=1), name="running_product")(inp)
+    with pytest.raises(ConversionError) as exc:
+        convert_int8(keras.Model(inp, out, name="weird"), np.random.default_rng(0).random((10, 4)))
+    msg = str(exc.value)
+    assert "Cumprod" in msg and "layer running_product" in msg and "\n" not in msg

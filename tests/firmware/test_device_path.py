@@ -95,6 +95,16 @@ def test_any_image_quantisation_is_requantised_like_python(device, student, pixe
     assert line.split()[3] == want.tobytes().hex()
 
 
+def test_exact_ties_round_half_away_from_zero_like_python(device, student):
+    """A frame at half the input scale puts every odd value on a .5 tie."""
+    _, q_in, _ = student
+    pixels = bytes(range(1, 128, 2))  # 64 odd values: (v - 0) * 0.5 is always a tie
+    frame = _image(2, pixels, scale=q_in.scale / 2, zp=0, dtype=protocol.DType.INT8)
+    got = bytes.fromhex(device([f"I {protocol.encode(frame).hex()}"])[0].split()[3])
+    want = image_to_input(frame.values(), QParams(frame.scale, frame.zero_point), q_in)
+    assert np.frombuffer(got, np.int8).tolist() == want.tolist()
+
+
 def test_camera_pixels_use_the_model_input_convention(device, run):
     pixels = run.images[3].tobytes()
     got = np.frombuffer(bytes.fromhex(device([f"P {pixels.hex()}"])[0]), np.int8)

@@ -183,6 +183,39 @@ def test_c_accepts_and_rejects_exactly_like_protocol_decoder(wire, data):
             assert (parts[0], int(parts[6]), int(parts[7]), parts[11]) == want
 
 
+DEFECTS = {  # one way to break each check, on a valid 5-byte feature frame of student 0
+    "magic": lambda b: b[:3] + b"X" + b[4:],
+    "version": lambda b: b[:4] + b"\x02" + b[5:],
+    "type": lambda b: b[:5] + b"\x07" + b[6:],
+    "deployment": lambda b: b[:8] + b"\x00\x00\x00\x00" + b[12:],
+    "dtype": lambda b: b[:7] + b"\x03" + b[8:],
+    "scale": lambda b: b[:24] + struct.pack("<f", -1.0) + b[28:],
+    "length": lambda b: b[:-1],
+    "student": lambda b: b[:6] + b"\x07" + b[7:],
+    "width": lambda b: b[:32] + struct.pack("<I", 4) + b[36:40],
+}
+
+
+def test_c_checks_in_the_same_order_as_protocol_on_every_pair_of_defects(wire):
+    """Two things wrong at once: both decoders must name the same one first."""
+    import itertools
+
+    dep = protocol.deployment_id("digits-k2")
+    good = protocol.encode(protocol.Frame(protocol.MsgType.FEATURE, dep, 1, 2, bytes(5), 0,
+                                          scale=0.5))
+    cmds = [_decoder_cmd({"deployment_id": dep, "feature_widths": {"0": 5, "1": 6},
+                          "image_size": 64, "num_classes": 10})]
+    expected = []
+    for (_, first), (_, second) in itertools.permutations(DEFECTS.items(), 2):
+        raw = second(first(good))
+        for expect in (None, protocol.MsgType.IMAGE):
+            decoder = protocol.Decoder(dep, {0: 5, 1: 6}, image_size=64, num_classes=10)
+            assert decoder.decode(raw, expect) is None
+            expected.append(f"ERR {next(iter(decoder.counters))}")
+            cmds.append(f"D {int(expect or 0)} {raw.hex()}")
+    assert wire.lines(cmds) == expected
+
+
 # ---- the spec itself, independent of protocol.py ------------------------------------------
 
 def test_encoding_is_the_architecture_struct_layout(wire):
