@@ -91,14 +91,18 @@ def _cost(board: Board) -> CostModel:
 class Fit:
     fits: bool
     problem: str | None  # "does not fit esp32: flash 1.2 MiB > 480.0 KiB left (over by 750.0 KiB)"
+    over: str | None = None  # the short form: "flash +750.0 KiB"
 
 
 def memory_fit(flash_bytes: int, arena_bytes: int, board: Board) -> Fit:
     """Whether a model's flatbuffer and arena fit what ``board`` leaves, and by how much not."""
-    over = [f"{what} {_kib(need)} > {_kib(have)} left (over by {_kib(need - have)})"
-            for what, need, have in (("flash", flash_bytes, board.model_flash_bytes),
-                                     ("RAM", arena_bytes, board.model_ram_bytes)) if need > have]
-    return Fit(not over, f"does not fit {board.name}: {'; '.join(over)}" if over else None)
+    checks = (("flash", flash_bytes, board.model_flash_bytes), ("RAM", arena_bytes, board.model_ram_bytes))
+    over = [(what, need, have) for what, need, have in checks if need > have]
+    if not over:
+        return Fit(True, None)
+    long = "; ".join(f"{w} {_kib(n)} > {_kib(h)} left (over by {_kib(n - h)})" for w, n, h in over)
+    return Fit(False, f"does not fit {board.name}: {long}",
+               ", ".join(f"{w} +{_kib(n - h)}" for w, n, h in over))
 
 
 def smallest_fitting_board(flash_bytes: int, arena_bytes: int,
@@ -147,7 +151,8 @@ def teacher_on(teacher: dict, board: Board) -> dict:
     """The teacher on ``board``: its estimate, or "does not fit" and the smallest board it fits."""
     payload = _teacher_payload(teacher)
     fit = memory_fit(int(teacher["flash_bytes"]), _arena(teacher), board)
-    out = {"board": board.name, "fits": fit.fits, "problem": fit.problem, "payload_bytes": payload,
+    out = {"board": board.name, "fits": fit.fits, "problem": fit.problem, "over": fit.over,
+           "payload_bytes": payload,
            "estimate": _model_estimate(teacher, payload, board).as_dict() if fit.fits else None,
            "reference_board": board.name if fit.fits else None}
     if not fit.fits:
@@ -290,12 +295,13 @@ def _x(v: float | None) -> str:
     return "-" if v is None else f"{v:,.1f}x"
 
 
-def _teacher_cells(t: dict) -> tuple[str, str, str]:
+def _teacher_cells(t: dict, short: bool = False) -> tuple[str, str, str]:
     """Where the teacher's figures come from, its latency and its total energy."""
     if t["estimate"]:
         return t["board"], fmt_ms(t["estimate"]["latency_ms"]), fmt_energy(t["estimate"]["total_uj"])
     ref = t.get("reference_estimate")
-    where = f"{t['problem']}; on {t['reference_board']}" if ref else f"{t['problem']}; fits no node board"
+    why = f"does not fit ({t['over']})" if short else t["problem"]
+    where = f"{why}; on {t['reference_board']}" if ref else f"{why}; fits no node board"
     return (where, fmt_ms(ref["latency_ms"]) if ref else "-", fmt_energy(ref["total_uj"]) if ref else "-")
 
 
@@ -347,7 +353,7 @@ def energy_table(section: dict):
             table.add_row(d["device"], d["board"] or "-", "-", "-", "-", d["note"], "-", "-", "-")
             continue
         e, r = d["estimate"], d["ratios"]
-        where, t_ms, t_uj = _teacher_cells(d["teacher"])
+        where, t_ms, t_uj = _teacher_cells(d["teacher"], short=True)
         table.add_row(d["device"], d["board"], fmt_ms(e["latency_ms"]),
                       f"{fmt_energy(e['compute_uj'])}+{fmt_energy(e['radio_uj'])}",
                       fmt_energy(e["total_uj"]), where, t_ms, t_uj,
