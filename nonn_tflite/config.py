@@ -64,6 +64,9 @@ class BudgetConfig:
     flash_kb: float | None = None
     ram_kb: float | None = None
     boards: list[str] = field(default_factory=list)
+    # A student never gets more than this share of the teacher's parameters, however roomy
+    # its board: the point is compression, and a big board must not undo it.
+    max_params_fraction: float = 0.125
 
 
 @dataclass

@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from nonn_tflite.data import Dataset, to_float
+from nonn_tflite.energy import energy_section
 from nonn_tflite.errors import BoardFitError, ConversionError, RunDirError, UsageError
 from nonn_tflite.profile import (
     ARENA_NOTE,
@@ -422,6 +423,7 @@ def convert_run(run_dir: str | Path, options: ConvertOptions | None = None) -> C
         fits = [board_fit(profiles[f"student_{k}.tflite"], b, f"student {k}")
                 for k, b in enumerate(boards)]
         report = build_report(run, ds, system, profiles, ev, fits, parts, calib)
+        report["energy"] = energy_section(report, boards)  # estimates (nonn_tflite/energy.py)
         _write_outputs(tdir, report, ds, indices)
         st.config = {**{k: v for k, v in asdict(opts).items() if k != "force"},
                      "boards": [b.name if b else None for b in boards],

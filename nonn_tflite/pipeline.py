@@ -92,7 +92,9 @@ def plan_students(run: RunDir, cfg: DistillConfig) -> tuple[list, list]:
     parts = load_partition(run)["partitions"]
     ds_shape = tuple(run.manifest["dataset"]["input_shape"])
     budgets = device_budgets(len(parts), cfg.budget.flash_kb, cfg.budget.ram_kb, cfg.budget.boards)
-    return [choose_student(b, len(p), ds_shape, k) for k, (b, p) in enumerate(zip(budgets, parts))], budgets
+    teacher_params = run.manifest.get("metrics", {}).get("teacher_params")
+    cap = int(teacher_params * cfg.budget.max_params_fraction) if teacher_params else None
+    return [choose_student(b, len(p), ds_shape, k, cap) for k, (b, p) in enumerate(zip(budgets, parts))], budgets
 
 
 def run_distill(run: RunDir, cfg: DistillConfig, force: bool = False, quiet: bool = False) -> dict:

@@ -160,6 +160,10 @@ def report_markdown(report: dict) -> str:
     for name, m in [(f"student {s['id']}", s) for s in report["students"]] + [("fusion", report["fusion"])]:
         lines.append(f"| {name} | {m['input']['scale']:.6g} | {m['input']['zero_point']} | "
                      f"{m['output']['scale']:.6g} | {m['output']['zero_point']} |")
+    if report.get("energy"):  # latency/energy estimates: nonn_tflite/energy.py renders them
+        from nonn_tflite.energy import energy_markdown
+
+        lines += [""] + energy_markdown(report["energy"])
     lines += ["", "## How these numbers were measured", "",
               f"- Calibration: {cal['count']} images of the {cal['split']} split, seed {cal['seed']} "
               f"(indices in `calibration_indices.json`, sha256 `{cal['indices_sha256'][:16]}...`).",
@@ -267,6 +271,10 @@ def print_report(report: dict, console=None) -> None:
     if not con.is_terminal:  # piped or captured: do not squeeze the table into 80 columns
         con.width = max(con.width, 120)
     con.print(report_table(report))
+    if report.get("energy"):  # latency/energy estimates: nonn_tflite/energy.py renders them
+        from nonn_tflite.energy import energy_table
+
+        con.print(energy_table(report["energy"]))
 
 
 def print_inspection(ins, console=None, show_tensors: bool = True) -> None:

@@ -42,11 +42,18 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; results are meant to be shared
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def atomic_write_text(path: Path, text: str) -> None:
@@ -149,7 +156,10 @@ class RunDir:
             raise RunDirError(f"stage '{name}' already finished in {self.path}; pass --force to "
                               f"redo it (this discards it and the stages after it)")
         self.path.mkdir(parents=True, exist_ok=True)
+        for stale in self.path.glob(f".staging-{name}-*"):  # left by a killed earlier attempt
+            shutil.rmtree(stale, ignore_errors=True)
         staging = Path(tempfile.mkdtemp(prefix=f".staging-{name}-", dir=self.path))
+        os.chmod(staging, 0o777 & ~_umask())
         stage = Stage(name, staging)
         started = time.time()
         try:

@@ -67,8 +67,10 @@ def _peak_activation_bytes(model) -> int:
     return peak
 
 
-def choose_student(budget: DeviceBudget, out_channels: int, input_shape, index: int = 0) -> SizeEstimate:
-    """The largest student (by parameters) whose estimate fits ``budget``."""
+def choose_student(budget: DeviceBudget, out_channels: int, input_shape, index: int = 0,
+                   max_params: int | None = None) -> SizeEstimate:
+    """The largest student (by parameters) whose estimate fits ``budget`` and, if given, has at
+    most ``max_params`` parameters (the smallest candidate is kept even if it has more)."""
     input_shape = tuple(int(d) for d in input_shape)
     stages = default_stages(input_shape)
     best: SizeEstimate | None = None
@@ -80,7 +82,8 @@ def choose_student(budget: DeviceBudget, out_channels: int, input_shape, index: 
                 smallest = est
             if not est.fits(budget):
                 break  # wider only grows
-            if best is None or est.params > best.params:
+            capped = max_params is not None and est.params > max_params and best is not None
+            if not capped and (best is None or est.params > best.params):
                 best = est
     if best is None:
         assert smallest is not None

@@ -137,6 +137,9 @@ def test_memory_fit_says_by_how_much():
     fit = memory_fit(600 * KB, 180 * KB, BOARDS["nano33ble"])  # 724 KiB flash, 160 KiB RAM left
     assert not fit.fits
     assert fit.problem == "does not fit nano33ble: RAM 180.0 KiB > 160.0 KiB left (over by 20.0 KiB)"
+    assert fit.over == "RAM +20.0 KiB"
+    both = memory_fit(800 * KB, 200 * KB, BOARDS["nano33ble"])
+    assert both.over == "flash +76.0 KiB, RAM +40.0 KiB" and both.problem.count("over by") == 2
     assert memory_fit(100 * KB, 10 * KB, BOARDS["nano33ble"]) == Fit(True, None)
 
 

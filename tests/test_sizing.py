@@ -56,3 +56,12 @@ def test_required_boards_exist_with_positive_budgets():
     for name in ("esp32", "nano33ble", "rp2040", "stm32f746", "rpi-zero-2"):
         b = BOARDS[name]
         assert b.model_flash_bytes > 0 and b.model_ram_bytes > 0 and b.source
+
+
+def test_roomy_board_is_capped_by_the_teacher_share():
+    roomy = get_board("esp32")
+    budget = device_budgets(1, boards=["esp32"])[0]
+    free = choose_student(budget, 16, (32, 32, 3))
+    capped = choose_student(budget, 16, (32, 32, 3), max_params=20_000)
+    assert free.params > 20_000 >= capped.params
+    assert capped.fits(budget) and roomy.model_flash_bytes == budget.flash_bytes

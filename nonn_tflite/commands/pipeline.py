@@ -57,6 +57,8 @@ budget_options = _stack(
     click.option("--ram-kb", type=float, default=None, help="Tensor-arena budget per device in KB (default 32)."),
     click.option("--board", "boards", default=None,
                  help="Board profile(s), one for all or one per student: esp32,rp2040 (see `nonn-tflite boards`)."),
+    click.option("--max-student-share", type=float, default=0.125, show_default=True,
+                 help="Cap on each student's parameters as a share of the teacher's, however roomy the board."),
 )
 
 distill_options = _stack(
@@ -114,7 +116,8 @@ def _partition_cfg(students: int, rule: str, top_k: int, percentile: float, reso
 
 
 def _distill_cfg(alpha: float, tau: float, beta: float, student_dropout: float, flash_kb, ram_kb,
-                 boards: str | None, epochs: int, batch_size: int, lr: float, seed: int):
+                 boards: str | None, max_student_share: float, epochs: int, batch_size: int,
+                 lr: float, seed: int):
     from nonn_tflite.config import BudgetConfig, DistillConfig, TrainConfig
     from nonn_tflite.errors import UsageError
 
@@ -126,9 +129,10 @@ def _distill_cfg(alpha: float, tau: float, beta: float, student_dropout: float, 
     _positive("--epochs", epochs)
     if not 0 <= student_dropout < 1:
         raise UsageError(f"--student-dropout {student_dropout} must be in [0, 1)")
+    _positive("--max-student-share", max_student_share)
     board_list = [b.strip() for b in boards.split(",")] if boards else []
     return DistillConfig(alpha, tau, beta, student_dropout, "resnet",
-                         BudgetConfig(flash_kb, ram_kb, board_list),
+                         BudgetConfig(flash_kb, ram_kb, board_list, max_student_share),
                          TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, seed=seed))
 
 
@@ -234,8 +238,8 @@ def partition(run_dir, students, rule, top_k, percentile, resolution, feature_la
 @shared_options
 @click.option("--force", is_flag=True, help="Redo distillation of an existing run.")
 @common_options
-def distill(run_dir, flash_kb, ram_kb, boards, alpha, tau, beta, student_dropout, epochs, seed,
-            batch_size, lr, force):
+def distill(run_dir, flash_kb, ram_kb, boards, max_student_share, alpha, tau, beta, student_dropout,
+            epochs, seed, batch_size, lr, force):
     """Train the K students and the fusion head from the frozen teacher (KD + attention).
 
     \b
@@ -248,8 +252,8 @@ def distill(run_dir, flash_kb, ram_kb, boards, alpha, tau, beta, student_dropout
     from nonn_tflite.rundir import RunDir
 
     run = RunDir.open(run_dir, need="partition")
-    cfg = _distill_cfg(alpha, tau, beta, student_dropout, flash_kb, ram_kb, boards, epochs,
-                       batch_size, lr, seed)
+    cfg = _distill_cfg(alpha, tau, beta, student_dropout, flash_kb, ram_kb, boards,
+                       max_student_share, epochs, batch_size, lr, seed)
     run_distill(run, cfg, force, is_quiet())
     print_summary(RunDir(run_dir))
 
@@ -270,7 +274,8 @@ def distill(run_dir, flash_kb, ram_kb, boards, alpha, tau, beta, student_dropout
 @common_options
 def run(students, out, dataset, data_dir, val_fraction, subset, arch, teacher_path, teacher_epochs,
         rule, top_k, percentile, resolution, feature_layer, max_images, flash_kb, ram_kb, boards,
-        alpha, tau, beta, student_dropout, epochs, seed, batch_size, lr, no_convert, force):
+        max_student_share, alpha, tau, beta, student_dropout, epochs, seed, batch_size, lr,
+        no_convert, force):
     """Whole pipeline: teacher -> partition -> distill -> int8 convert + report.
 
     \b
@@ -288,8 +293,8 @@ def run(students, out, dataset, data_dir, val_fraction, subset, arch, teacher_pa
     data = _data_cfg(dataset, data_dir, val_fraction, subset, seed)
     tcfg = _teacher_cfg(arch, teacher_path, teacher_epochs, batch_size, lr, seed)
     pcfg = _partition_cfg(students, rule, top_k, percentile, resolution, feature_layer, max_images, seed)
-    dcfg = _distill_cfg(alpha, tau, beta, student_dropout, flash_kb, ram_kb, boards, epochs,
-                        batch_size, lr, seed)
+    dcfg = _distill_cfg(alpha, tau, beta, student_dropout, flash_kb, ram_kb, boards,
+                        max_student_share, epochs, batch_size, lr, seed)
     if RunDir(out).manifest and not force:
         raise RunDirError(f"{out} already holds a run; pass --force to redo it or choose another --out")
     quiet = is_quiet()

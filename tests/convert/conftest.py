@@ -1,4 +1,4 @@
-"""A tiny distilled run on the real digits data, built once per session (about 10 s).
+"""A tiny distilled run on the real digits data, built once per session (about 15 s).
 
 The stages are written with :meth:`RunDir.stage` exactly as the pipeline does, but the models
 are small hand-made Keras networks trained for a few epochs, so convert can be tested without
@@ -90,7 +90,7 @@ def synthetic_run(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def converted(synthetic_run, tmp_path_factory):
-    """A converted copy of the synthetic run: (ConvertResult, run path)."""
+    """A converted copy of the synthetic run (its ConvertResult); few latency runs."""
     import shutil
 
     from nonn_tflite.convert import ConvertOptions, convert_run
