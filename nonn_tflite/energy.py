@@ -172,14 +172,14 @@ def _ratios(teacher: dict, student: Estimate) -> dict:
             "teacher_board": teacher["reference_board"]}
 
 
-def _device(student: dict, board: Board | None, teachers: dict, report: dict) -> dict:
+def _device(student: dict, board: Board | None, teachers: dict[Board, dict], report: dict) -> dict:
     row = {"device": f"student {student['id']}", "board": board.name if board else None}
     if board is None or board.cost is None:
         return {**row, "estimate": None, "note": "no board or no cost model: not estimated"}
     est = _model_estimate(student, int(student["payload_bytes"]), board)
-    if board.name not in teachers:
-        teachers[board.name] = teacher_on(report["teacher"], board)
-    teacher = teachers[board.name]
+    if board not in teachers:  # one teacher estimate per distinct board
+        teachers[board] = teacher_on(report["teacher"], board)
+    teacher = teachers[board]
     return {**row, "kernels": board.cost.kernels, "estimate": est.as_dict(),
             "avg_mw_at_1hz": average_power_mw(est, board), "teacher": teacher,
             "ratios": _ratios(teacher, est)}
@@ -204,12 +204,13 @@ def energy_section(report: dict, boards: list[Board | None]) -> dict | None:
     """
     if not any(b is not None for b in boards):
         return None
-    teachers: dict[str, dict] = {}
+    teachers: dict[Board, dict] = {}
     devices = [_device(s, boards[k] if k < len(boards) else None, teachers, report)
                for k, s in enumerate(report["students"])]
     used = {b.name: b for b in boards if b is not None and b.cost is not None}
-    used.update({t["reference_board"]: BOARDS[t["reference_board"]] for t in teachers.values()
-                 if t["reference_board"] and t["reference_board"] in BOARDS})
+    for t in teachers.values():  # the fallback boards of a teacher that did not fit
+        if t["reference_board"] in BOARDS:
+            used.setdefault(t["reference_board"], BOARDS[t["reference_board"]])
     return {"label": ESTIMATE_LABEL, "formula": list(FORMULA), "rate_hz_for_avg_power": RATE_HZ,
             "devices": devices, "summary": _summary(devices),
             "boards": {n: {"clock_mhz": b.clock_mhz, "source": b.source, **asdict(b.cost)}
@@ -295,6 +296,22 @@ def _x(v: float | None) -> str:
     return "-" if v is None else f"{v:,.1f}x"
 
 
+def _span(lo: float | None, hi: float | None) -> str:
+    return _x(lo) if lo == hi else f"{_x(lo)} to {_x(hi)}"
+
+
+def calibration_sentence() -> str:
+    """One line for report.md: how far the per-MAC model lands from MLPerf Tiny results."""
+    rows = calibration()
+    parts = [f"{r['published_latency_ms']:.0f} ms ({r['published']['submitter']}, "
+             f"{r['published']['software'].split(',')[0]}, MLPerf Tiny {r['published']['version']})"
+             for r in rows]
+    factors = [r["latency_factor"] for r in rows]
+    return (f"Calibration: ResNet-8 ({RESNET8_MACS:,} MACs) on NUCLEO-L4R5ZI is estimated at "
+            f"{rows[0]['estimate_latency_ms']:.0f} ms; published: {'; '.join(parts)}; estimate / "
+            f"published = {min(factors):.2f} to {max(factors):.2f}.")
+
+
 def _teacher_cells(t: dict, short: bool = False) -> tuple[str, str, str]:
     """Where the teacher's figures come from, its latency and its total energy."""
     if t["estimate"]:
@@ -323,9 +340,10 @@ def energy_markdown(section: dict) -> list[str]:
                      f"{fmt_energy(e['total_uj'])} | {where} | {t_ms} | {t_uj} | {_x(r['latency'])} | "
                      f"{_x(r['energy'])} |")
     s = section["summary"]
-    lines += ["", (f"Teacher / device (estimate): latency {_x(s['latency_ratio_min'])} to "
-                   f"{_x(s['latency_ratio_max'])}, energy {_x(s['energy_ratio_min'])} to "
-                   f"{_x(s['energy_ratio_max'])}."), "", "Model (estimate):", ""]
+    lat, en = (_span(s[f"{k}_ratio_min"], s[f"{k}_ratio_max"]) for k in ("latency", "energy"))
+    lines += ["", (f"Teacher / device (estimate): latency {lat}, energy {en}. Where the teacher "
+                   "runs on another board, the ratio also compares the two boards' efficiency."),
+              "", "Model (estimate):", ""]
     lines += [f"    {f}" for f in section["formula"]]
     lines += ["", ("| board | clock MHz | kernels | cycles/MAC | active mW | idle mW | link | nJ/bit | "
                    "µJ/message | bytes/message | host speed factor |"), "|" + "---|" * 11]
@@ -334,7 +352,8 @@ def energy_markdown(section: dict) -> list[str]:
                      f"{b['active_mw']:g} | {b['idle_mw']:g} | {b['link']} | {b['radio_nj_per_bit']:g} | "
                      f"{b['radio_uj_per_message']:g} | {b['max_message_bytes']} | "
                      f"{b['host_speed_factor'] if b['host_speed_factor'] is not None else '-'} |")
-    lines += ["", (f"Notes: {section['notes']}. Sources of every figure: `nonn-tflite boards --json` "
+    lines += ["", calibration_sentence(), "",
+              (f"Notes: {section['notes']}. Sources of every figure: `nonn-tflite boards --json` "
                    "and `nonn_tflite/boards.py`; the per-MAC model against MLPerf Tiny: "
                    "`nonn-tflite boards --calibration`.")]
     return lines

@@ -300,3 +300,37 @@ def test_infinite_numbers_are_refused(tmp_path):
     with pytest.raises(UsageError, match="'cost.active_mw' must be a number"):
         load_board_file(path)
     assert math.isinf(tomllib.loads("x = inf")["x"])  # TOML does allow it, so we must check
+
+
+# -- end to end: `convert --board` puts the estimates in report.json, report.md and the terminal ----
+
+def _build_tiny_run(path):
+    """The convert tests' tiny distilled digits run (tests/convert/conftest.py: build_run)."""
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location(
+        "convert_conftest", Path(__file__).parent / "convert" / "conftest.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.build_run(path)
+
+
+@pytest.mark.slow
+def test_convert_reports_estimates_beside_the_teacher(tmp_path):
+    run = _build_tiny_run(tmp_path / "digits")
+    res = CliRunner().invoke(main, ["convert", str(run), "--board", "nano33ble", "--calibration", "50",
+                                    "--parity-samples", "2"])
+    assert res.exit_code == 0, res.output
+    assert "ESTIMATES" in res.output and "nano33ble" in res.output  # the terminal table
+    rep = json.loads((run / "tflite" / "report.json").read_text())
+    sec = rep["energy"]
+    assert sec["label"].startswith("estimate") and len(sec["devices"]) == len(rep["students"])
+    for dev, student in zip(sec["devices"], rep["students"], strict=True):
+        # the converted model's MAC count is what sets the estimated latency
+        assert dev["estimate"]["latency_ms"] == pytest.approx(student["macs"] * 3.0 / 64e6 * 1e3)
+        assert dev["teacher"]["fits"] and dev["ratios"]["latency"] == pytest.approx(
+            rep["teacher"]["macs"] / student["macs"])
+    md = (run / "tflite" / "report.md").read_text()
+    assert "## Latency and energy per inference (estimate)" in md and "E_compute = P_active" in md
+    assert "Calibration: ResNet-8" in md

@@ -201,6 +201,9 @@ def source(run: Path, broker_url: str, cafile, certfile, keyfile, insecure, prot
                       data, SourceConfig(rate=rate, frames=frames, drain_s=drain,
                                          client_id=client_id))
     node.start()
+    from nonn_tflite.web.source_stats import SourceStats  # stats/source, for dashboards
+
+    score_stats = SourceStats(node).start()
     _say(f"source: {node.total} frames from {data.origin} at {rate:g}/s to {node.conn.broker.url}")
     last = [0.0]
 
@@ -214,6 +217,7 @@ def source(run: Path, broker_url: str, cafile, certfile, keyfile, insecure, prot
     try:
         score = node.run(progress)
     finally:
+        score_stats.stop()  # the final figures, before the source disconnects
         node.stop()
     result = {"frames": score.frames, "predicted": len(score.predictions),
               "accuracy": score.accuracy, "duplicates": score.duplicates,
@@ -257,10 +261,17 @@ def source(run: Path, broker_url: str, cafile, certfile, keyfile, insecure, prot
 @click.option("--xnnpack", is_flag=True, help="Use LiteRT's XNNPACK delegate everywhere.")
 @click.option("--log-dir", type=click.Path(file_okay=False, path_type=Path),
               help="Where the node processes write their logs (default: a temp folder).")
+# ---- web dashboard options (nonn_tflite/web) ----
+@click.option("--web", is_flag=True, help="Also serve a live dashboard page in the browser.")
+@click.option("--port", type=click.IntRange(0, 65535), default=None,
+              help="Port of the --web page  [default: 8080; 0 picks a free one].")
+@click.option("--host", default=None, metavar="ADDR",
+              help="Address of the --web page  [default: 127.0.0.1; 0.0.0.0 exposes it].")
+# ---- end of web dashboard options ----
 @common_options
 def demo(run: Path, broker_url, cafile, certfile, keyfile, insecure, protocol, rate: float,
          frames, kills, summary, no_dashboard: bool, deadline_ms, fusion_workers: int, images,
-         npz, xnnpack: bool, log_dir) -> None:
+         npz, xnnpack: bool, log_dir, web: bool, port, host) -> None:
     """Run the whole system locally: broker, K devices, fusion, source and a live dashboard.
 
     Every device and fusion worker is its own process. Ends with a summary table comparing the
@@ -271,6 +282,7 @@ def demo(run: Path, broker_url, cafile, certfile, keyfile, insecure, protocol, r
       nonn-tflite demo runs/digits-k2
       nonn-tflite demo runs/c10 --broker mqtt://127.0.0.1:1883 --rate 50 --frames 2000 \\
           --kill-device 1@10s --summary out.json
+      nonn-tflite demo runs/digits-k2 --web --port 8080   # open http://127.0.0.1:8080/
     """
     from nonn_tflite.live.demo import Demo, DemoConfig, parse_kill
 
@@ -286,12 +298,40 @@ def demo(run: Path, broker_url, cafile, certfile, keyfile, insecure, protocol, r
                         fusion_workers=fusion_workers, xnnpack=xnnpack, images=images, npz=npz,
                         log_dir=log_dir)
     live = not no_dashboard and sys.stdout.isatty() and not is_quiet()
-    result = _run_demo(Demo(config), live)
+    d = Demo(config)
+    # ---- web dashboard (--web) ----
+    page = _start_web(d, web, host, port)
+    try:
+        result = _run_demo(d, live)
+    finally:
+        if page is not None:
+            page.stop()
+    # ---- end of web dashboard ----
     if summary:
         _write_json(summary, result)
     _print_summary(result)
     if summary:
         _say(f"summary written to {summary}")
+
+
+# ---- web dashboard (--web) ----
+def _start_web(d, web: bool, host: str | None, port: int | None):
+    """The page's server, hooked into the demo; None without --web."""
+    if not web:
+        if host is not None or port is not None:
+            from nonn_tflite.errors import UsageError
+
+            raise UsageError("--host and --port are options of --web")
+        return None
+    from nonn_tflite.web.app import WebDashboard
+    from nonn_tflite.web.state import DeploymentInfo
+
+    page = WebDashboard(DeploymentInfo.from_deployment(d.deployment), host or "127.0.0.1",
+                        8080 if port is None else port).start()
+    page.attach(d)
+    _say(f"web dashboard: {page.url}")
+    return page
+# ---- end of web dashboard ----
 
 
 def _run_demo(d, live: bool) -> dict:

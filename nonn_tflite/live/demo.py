@@ -86,6 +86,17 @@ class Child:
         return " | ".join(lines[-n:])
 
 
+# ---- hooks for other front ends (the web dashboard, `demo --web`) ----------------------------
+@dataclass
+class DemoHooks:
+    """Optional callbacks; the terminal dashboard needs none of them."""
+
+    broker_ready: Callable[[BrokerConfig], None] | None = None  # before any node starts
+    source_ready: Callable[[SourceNode], None] | None = None    # connected, before frame 0
+    closing: Callable[[], None] | None = None  # first thing in shutdown(): broker still up
+# ---- end of hooks ------------------------------------------------------------------------------
+
+
 @dataclass
 class DemoState:
     started: float = 0.0
@@ -115,6 +126,7 @@ class Demo:
         self.monitor: Monitor | None = None
         self.source: SourceNode | None = None
         self.offline: dict[int, int] = {}
+        self.hooks = DemoHooks()  # --web
 
     # ---- public ---------------------------------------------------------------------------
     def run(self) -> dict:
@@ -137,6 +149,11 @@ class Demo:
         if in_main:
             signal.signal(signal.SIGINT, signal.SIG_IGN)
         try:
+            if self.hooks.closing is not None:  # --web: final figures while MQTT still runs
+                try:
+                    self.hooks.closing()
+                except Exception:  # noqa: BLE001 - never skip the clean-up below
+                    log.exception("demo closing hook failed")
             if self.source is not None:
                 self.source.stop()
             self._stop_children()
@@ -163,6 +180,8 @@ class Demo:
             # amqtt speaks MQTT 3.1.1 only; saying so saves every node a 5.0 probe.
             self.broker = BrokerConfig.from_url(self.broker_proc.url, protocol="3.1.1")
             self._event(f"embedded amqtt broker on {self.broker.url}")
+        if self.hooks.broker_ready is not None:  # --web
+            self.hooks.broker_ready(self.broker)
         self.monitor = Monitor(self.deployment, self.broker).start()
         t_spawn = time.time()
         for k in sorted(s.id for s in self.deployment.students):
@@ -175,6 +194,8 @@ class Demo:
         self.source = SourceNode(self.deployment, self.broker, self.images, SourceConfig(
             rate=self.config.rate, frames=self.config.frames, drain_s=self.config.drain_s))
         self.source.start()
+        if self.hooks.source_ready is not None:  # --web
+            self.hooks.source_ready(self.source)
 
     def _fusion_args(self) -> list[tuple[str, list[str]]]:
         extra = [] if self.config.deadline_ms is None else ["--deadline-ms",

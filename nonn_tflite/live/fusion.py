@@ -62,7 +62,10 @@ class FusionConfig:
 class AdaptiveDeadline:
     """How long to wait for stragglers: 3 x p99 of the first-to-last arrival spread + 20 ms.
 
-    Derived from complete frames only, clamped to [30 ms, 2 s]; 500 ms until 10 are seen.
+    Derived from complete frames only, clamped to [250 ms, 2 s]; 500 ms until 10 are seen. The
+    floor is generous on purpose: a device that went away is dropped from the wait at once by
+    its last will, so the deadline only bites for a live device that is slow (a loaded broker
+    on a small host easily spikes past 30 ms), and a needless partial frame costs accuracy.
     """
 
     def __init__(self, fixed_ms: float | None = None) -> None:
@@ -77,7 +80,7 @@ class AdaptiveDeadline:
         if self.fixed is None and len(self.spreads) >= 10 and self._since >= 10:
             self._since = 0
             p99 = self.spreads.p(99) or 0.0
-            self._value = min(2.0, max(0.03, 3.0 * p99 + 0.02))
+            self._value = min(2.0, max(0.25, 3.0 * p99 + 0.02))
 
     @property
     def seconds(self) -> float:

@@ -177,7 +177,11 @@ def test_adaptive_deadline_follows_device_spread(deployment) -> None:
     for seq in range(30):
         core.add_feature(_feature(deployment, 0, seq, ts=seq), seq)
         core.add_feature(_feature(deployment, 1, seq, ts=seq), seq + 0.004)
-    assert 0.03 <= core.deadline.seconds <= 0.04  # 3 x 4 ms + 20 ms
+    assert core.deadline.seconds == 0.25  # 3 x 4 ms + 20 ms, raised to the 250 ms floor
+    for seq in range(30, 60):
+        core.add_feature(_feature(deployment, 0, seq, ts=seq), seq)
+        core.add_feature(_feature(deployment, 1, seq, ts=seq), seq + 0.2)
+    assert 0.6 <= core.deadline.seconds <= 0.63  # 3 x 200 ms + 20 ms
 
 
 def test_replay_guard() -> None:
