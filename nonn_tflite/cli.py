@@ -27,6 +27,8 @@ COMMANDS = {
     "device": "live:device",
     "fusion": "live:fusion",
     "source": "live:source",
+    "dashboard": "web:dashboard",
+    "report": "web:report",
 }
 
 
