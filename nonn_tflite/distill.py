@@ -91,13 +91,17 @@ def build_ensemble(teacher_view, students: list, fusion, partitions: list[list[i
         def build(self, input_shape) -> None:  # sub-models are built already
             self.built = True
 
-        def call(self, x, training=False):
-            if training:
-                for layer in self.aug:
-                    x = layer(x, training=True)
-            t_map, t_out = self.teacher(x, training=False)
-            if self.teacher_probs:
-                t_out = ops.log(ops.clip(t_out, 1e-7, 1.0))
+        def call(self, inputs, training=False):
+            if isinstance(inputs, (list, tuple)):  # (images, cached teacher map, logits)
+                x, t_map, t_out = inputs
+            else:
+                x = inputs
+                if training:
+                    for layer in self.aug:
+                        x = layer(x, training=True)
+                t_map, t_out = self.teacher(x, training=False)
+                if self.teacher_probs:
+                    t_out = ops.log(ops.clip(t_out, 1e-7, 1.0))
             maps, vecs = [], []
             for s in self.students:
                 m, v = s(x, training=training)
@@ -160,12 +164,23 @@ def distill(ds: Dataset, teacher_view, partitions: list[list[int]], cfg: Distill
     model = build_ensemble(teacher_view, students, fusion, partitions, cfg, augmentation_layers(ds))
     steps = int(np.ceil(len(ds.y_train) / cfg.train.batch_size))
     model.compile(optimizer=optimizer(cfg.train, steps))
-    history = model.fit(to_float(ds.x_train), ds.y_train, batch_size=cfg.train.batch_size,
-                        epochs=cfg.train.epochs, validation_data=(to_float(ds.x_val), ds.y_val),
+    x_train, x_val = _inputs(teacher_view, ds.x_train, cfg), _inputs(teacher_view, ds.x_val, cfg)
+    history = model.fit(x_train, ds.y_train, batch_size=cfg.train.batch_size,
+                        epochs=cfg.train.epochs, validation_data=(x_val, ds.y_val),
                         callbacks=callbacks(cfg.train, "val_accuracy",
                                             f"students x{len(students)}", quiet), verbose=0)
     best = max(history.history.get("val_accuracy", [0.0]))
     return DistillResult([deployable_student(s) for s in students], fusion, estimates, history, best)
+
+
+def _inputs(teacher_view, x_uint8: np.ndarray, cfg: DistillConfig):
+    """Images, or with ``cache_teacher`` (images, teacher map, teacher logits) computed once."""
+    if not cfg.cache_teacher:
+        return to_float(x_uint8)
+    from nonn_tflite.teacher import predict_features
+
+    fmap, logits = predict_features(teacher_view, x_uint8)
+    return (to_float(x_uint8), fmap.astype(np.float16), logits.astype(np.float32))
 
 
 def student_vectors(students: list, x_uint8: np.ndarray, batch_size: int = 256) -> list[np.ndarray]:

@@ -26,6 +26,7 @@ from nonn_tflite.config import PartitionConfig
 from nonn_tflite.errors import PartitionError, UsageError
 
 RULES = ("hebbian-difference", "hebbian")
+METHODS = ("louvain", "random", "contiguous")
 
 
 @dataclass
@@ -45,6 +46,7 @@ class PartitionResult:
             "activity": [round(float(imp[p].sum()), 6) for p in self.partitions],
             "modularity": round(float(self.modularity), 6),
             "communities": len(self.communities),
+            "method": cfg.method,
             "rule": cfg.rule,
             "top_k": cfg.top_k,
             "percentile": cfg.percentile,
@@ -264,13 +266,24 @@ def partition_filters(activity: np.ndarray, cfg: PartitionConfig) -> PartitionRe
     if not 1 <= cfg.students <= c:
         raise PartitionError(f"--students {cfg.students} is out of range: the teacher's feature "
                              f"layer has {c} filters, so K must be between 1 and {c}")
+    if cfg.method not in METHODS:
+        raise UsageError(f"unknown partition method {cfg.method!r}; expected one of {', '.join(METHODS)}")
     weights = cooccurrence(activity, cfg.top_k, cfg.rule)
     graph = activation_graph(weights, cfg.percentile)
-    communities = louvain(graph, cfg.resolution, cfg.seed)
     importance = activity.mean(axis=0)
+    if cfg.method != "louvain":  # ablation baselines: same sizes, no network science
+        parts = baseline_partition(c, cfg.students, cfg.method, cfg.seed)
+        return PartitionResult(parts, parts, modularity(graph, parts), importance, graph)
+    communities = louvain(graph, cfg.resolution, cfg.seed)
     parts = merge_balanced(graph, weights, communities, cfg.students, importance, cfg.seed,
                            cfg.resolution)
     return PartitionResult(parts, communities, modularity(graph, parts), importance, graph)
+
+
+def baseline_partition(c: int, k: int, method: str, seed: int) -> list[list[int]]:
+    """K equal parts by channel order (``contiguous``) or by a seeded shuffle (``random``)."""
+    order = np.arange(c) if method == "contiguous" else np.random.default_rng(seed).permutation(c)
+    return [sorted(int(f) for f in chunk) for chunk in np.array_split(order, k)]
 
 
 def plot_partition(result: PartitionResult, path: Path, seed: int = 0) -> None:

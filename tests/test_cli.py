@@ -160,3 +160,13 @@ def test_boards_lists_the_catalogue():
     result = invoke("boards", "--json")
     data = json.loads(result.output)
     assert {"esp32", "nano33ble", "rp2040", "stm32f746", "rpi-zero-2"} <= set(data)
+
+
+def test_distill_with_cached_teacher_outputs(tmp_path, tiny_teacher_path):
+    run = tmp_path / "cached"
+    assert invoke("partition", run, "--students", "2", "--teacher", tiny_teacher_path, "-q").exit_code == 0
+    result = invoke("distill", run, "--cache-teacher", "--epochs", "2", "-q")
+    assert result.exit_code == 0, result.output
+    manifest = json.loads((run / "manifest.json").read_text())
+    assert manifest["config"]["distill"]["cache_teacher"] is True
+    assert manifest["metrics"]["nonn_accuracy"] > 0.15  # learns something in 2 epochs

@@ -116,3 +116,15 @@ def test_plot_and_json(tmp_path):
     for key in ("num_filters", "partitions", "modularity", "rule", "seed"):
         assert key in doc
     assert doc["num_filters"] == 16
+
+
+@pytest.mark.parametrize("method", ["random", "contiguous"])
+def test_ablation_baselines_are_balanced_and_complete(method):
+    a = filter_activity(np.random.default_rng(0).random((50, 2, 2, 30)))
+    result = partition_filters(a, PartitionConfig(students=4, method=method, seed=1))
+    assert sorted(f for p in result.partitions for f in p) == list(range(30))
+    assert sorted(len(p) for p in result.partitions) == [7, 7, 8, 8]
+    if method == "contiguous":
+        assert result.partitions[0] == list(range(8))
+    with pytest.raises(UsageError, match="unknown partition method"):
+        partition_filters(a, PartitionConfig(students=2, method="spectral"))

@@ -40,6 +40,8 @@ teacher_options = _stack(
 )
 
 partition_options = _stack(
+    click.option("--method", type=click.Choice(["louvain", "random", "contiguous"]), default="louvain",
+                 show_default=True, help="louvain (NoNN); random or contiguous are ablation baselines."),
     click.option("--rule", type=click.Choice(["hebbian-difference", "hebbian"]),
                  default="hebbian-difference", show_default=True, help="Edge weight rule."),
     click.option("--top-k", type=int, default=50, show_default=True,
@@ -67,6 +69,8 @@ distill_options = _stack(
     click.option("--beta", type=float, default=10.0, show_default=True, help="Weight of attention transfer."),
     click.option("--student-dropout", type=float, default=0.1, show_default=True,
                  help="Probability a student's vector is zeroed in training (0 turns it off)."),
+    click.option("--cache-teacher", is_flag=True,
+                 help="Compute teacher outputs once on un-augmented images (faster on CPU; no augmentation)."),
 )
 
 
@@ -100,8 +104,8 @@ def _teacher_cfg(arch: str, teacher_path: str | None, epochs: int, batch_size: i
                          source=teacher_path)
 
 
-def _partition_cfg(students: int, rule: str, top_k: int, percentile: float, resolution: float,
-                   feature_layer: str | None, max_images: int, seed: int):
+def _partition_cfg(students: int, method: str, rule: str, top_k: int, percentile: float,
+                   resolution: float, feature_layer: str | None, max_images: int, seed: int):
     from nonn_tflite.config import PartitionConfig
     from nonn_tflite.errors import UsageError
 
@@ -111,13 +115,13 @@ def _partition_cfg(students: int, rule: str, top_k: int, percentile: float, reso
     _positive("--resolution", resolution)
     if not 0 <= percentile < 100:
         raise UsageError(f"--percentile {percentile} must be in [0, 100)")
-    return PartitionConfig(students, rule, top_k, percentile or None, resolution, feature_layer,
-                           max_images, seed)
+    return PartitionConfig(students, method, rule, top_k, percentile or None, resolution,
+                           feature_layer, max_images, seed)
 
 
-def _distill_cfg(alpha: float, tau: float, beta: float, student_dropout: float, flash_kb, ram_kb,
-                 boards: str | None, max_student_share: float, epochs: int, batch_size: int,
-                 lr: float, seed: int):
+def _distill_cfg(alpha: float, tau: float, beta: float, student_dropout: float, cache_teacher: bool,
+                 flash_kb, ram_kb, boards: str | None, max_student_share: float, epochs: int,
+                 batch_size: int, lr: float, seed: int):
     from nonn_tflite.config import BudgetConfig, DistillConfig, TrainConfig
     from nonn_tflite.errors import UsageError
 
@@ -131,7 +135,7 @@ def _distill_cfg(alpha: float, tau: float, beta: float, student_dropout: float, 
         raise UsageError(f"--student-dropout {student_dropout} must be in [0, 1)")
     _positive("--max-student-share", max_student_share)
     board_list = [b.strip() for b in boards.split(",")] if boards else []
-    return DistillConfig(alpha, tau, beta, student_dropout, "resnet",
+    return DistillConfig(alpha, tau, beta, student_dropout, "resnet", cache_teacher,
                          BudgetConfig(flash_kb, ram_kb, board_list, max_student_share),
                          TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, seed=seed))
 
@@ -208,8 +212,8 @@ def teacher(out, dataset, data_dir, val_fraction, subset, arch, teacher_path, ep
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--force", is_flag=True, help="Redo the partition (discards distilled students).")
 @common_options
-def partition(run_dir, students, rule, top_k, percentile, resolution, feature_layer, max_images,
-              teacher_path, dataset, data_dir, val_fraction, subset, seed, force):
+def partition(run_dir, students, method, rule, top_k, percentile, resolution, feature_layer,
+              max_images, teacher_path, dataset, data_dir, val_fraction, subset, seed, force):
     """Split the teacher's last-layer filters into K disjoint groups, one per student.
 
     \b
@@ -221,7 +225,8 @@ def partition(run_dir, students, rule, top_k, percentile, resolution, feature_la
     from nonn_tflite.pipeline import import_teacher, run_partition
     from nonn_tflite.rundir import RunDir
 
-    cfg = _partition_cfg(students, rule, top_k, percentile, resolution, feature_layer, max_images, seed)
+    cfg = _partition_cfg(students, method, rule, top_k, percentile, resolution, feature_layer,
+                         max_images, seed)
     if teacher_path:
         import_teacher(run_dir, teacher_path, _data_cfg(dataset, data_dir, val_fraction, subset, seed), force)
     run = RunDir.open(run_dir, need="teacher")
@@ -239,7 +244,7 @@ def partition(run_dir, students, rule, top_k, percentile, resolution, feature_la
 @click.option("--force", is_flag=True, help="Redo distillation of an existing run.")
 @common_options
 def distill(run_dir, flash_kb, ram_kb, boards, max_student_share, alpha, tau, beta, student_dropout,
-            epochs, seed, batch_size, lr, force):
+            cache_teacher, epochs, seed, batch_size, lr, force):
     """Train the K students and the fusion head from the frozen teacher (KD + attention).
 
     \b
@@ -252,7 +257,7 @@ def distill(run_dir, flash_kb, ram_kb, boards, max_student_share, alpha, tau, be
     from nonn_tflite.rundir import RunDir
 
     run = RunDir.open(run_dir, need="partition")
-    cfg = _distill_cfg(alpha, tau, beta, student_dropout, flash_kb, ram_kb, boards,
+    cfg = _distill_cfg(alpha, tau, beta, student_dropout, cache_teacher, flash_kb, ram_kb, boards,
                        max_student_share, epochs, batch_size, lr, seed)
     run_distill(run, cfg, force, is_quiet())
     print_summary(RunDir(run_dir))
@@ -273,9 +278,9 @@ def distill(run_dir, flash_kb, ram_kb, boards, max_student_share, alpha, tau, be
 @click.option("--force", is_flag=True, help="Redo every stage of an existing run.")
 @common_options
 def run(students, out, dataset, data_dir, val_fraction, subset, arch, teacher_path, teacher_epochs,
-        rule, top_k, percentile, resolution, feature_layer, max_images, flash_kb, ram_kb, boards,
-        max_student_share, alpha, tau, beta, student_dropout, epochs, seed, batch_size, lr,
-        no_convert, force):
+        method, rule, top_k, percentile, resolution, feature_layer, max_images, flash_kb, ram_kb,
+        boards, max_student_share, alpha, tau, beta, student_dropout, cache_teacher, epochs, seed,
+        batch_size, lr, no_convert, force):
     """Whole pipeline: teacher -> partition -> distill -> int8 convert + report.
 
     \b
@@ -292,8 +297,9 @@ def run(students, out, dataset, data_dir, val_fraction, subset, arch, teacher_pa
 
     data = _data_cfg(dataset, data_dir, val_fraction, subset, seed)
     tcfg = _teacher_cfg(arch, teacher_path, teacher_epochs, batch_size, lr, seed)
-    pcfg = _partition_cfg(students, rule, top_k, percentile, resolution, feature_layer, max_images, seed)
-    dcfg = _distill_cfg(alpha, tau, beta, student_dropout, flash_kb, ram_kb, boards,
+    pcfg = _partition_cfg(students, method, rule, top_k, percentile, resolution, feature_layer,
+                          max_images, seed)
+    dcfg = _distill_cfg(alpha, tau, beta, student_dropout, cache_teacher, flash_kb, ram_kb, boards,
                         max_student_share, epochs, batch_size, lr, seed)
     if RunDir(out).manifest and not force:
         raise RunDirError(f"{out} already holds a run; pass --force to redo it or choose another --out")

@@ -230,6 +230,8 @@ class DashboardServer:
 
     def stop(self, grace_s: float = 1.0) -> None:
         """Push the final state, tell every browser the stream ended, then close the socket."""
+        if self.broadcaster.closed:
+            return
         self.pusher.stop()
         self.broadcaster.close()
         self.broadcaster.wait_idle(grace_s)

@@ -43,11 +43,13 @@ class DeploymentInfo:
     class_names: tuple[str, ...] = ()
     input_shape: tuple[int, ...] | None = None
     feature_widths: dict[int, int] | None = None
+    reference_accuracy: float | None = None  # offline int8 system accuracy, tflite/report.json
 
     @classmethod
     def from_deployment(cls, dep: Deployment) -> DeploymentInfo:
         return cls(dep.name, tuple(sorted(dep.feature_widths)), tuple(dep.class_names),
-                   tuple(dep.input_shape), dict(dep.feature_widths))
+                   tuple(dep.input_shape), dict(dep.feature_widths),
+                   reference_accuracy(dep.directory / "report.json"))
 
     @classmethod
     def from_name(cls, name: str) -> DeploymentInfo:
@@ -88,6 +90,15 @@ class NodeRecord:
     offset_ms: float | None = None   # vector received this long after the image was captured
     frame_bytes: int | None = None
     vector: list[float] = field(default_factory=list)
+
+
+def reference_accuracy(report_json) -> float | None:
+    """The int8 system accuracy `convert` measured offline: what the live figure should hold."""
+    try:
+        value = json.loads(report_json.read_text())["system"]["accuracy_int8"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return float(value) if isinstance(value, (int, float)) else None
 
 
 def device_id(node: str) -> int | None:
@@ -136,6 +147,7 @@ class LiveState:
         self.source: dict = {}
         self.source_seen: float | None = None
         self.latency: deque[tuple[float, float]] = deque(maxlen=LATENCY_SAMPLES)
+        self.accuracy: deque[tuple[float, float]] = deque(maxlen=4 * CHART_S)
         self.events: deque[str] = deque(maxlen=EVENTS)
         self._cond = threading.Condition(threading.RLock())
 
@@ -261,6 +273,8 @@ class LiveState:
 
     def _on_source(self, stats: dict, now: float) -> None:
         self.source, self.source_seen = stats, now
+        if isinstance(stats.get("accuracy"), (int, float)):
+            self.accuracy.append((now, float(stats["accuracy"])))
         for pair in stats.get("truth") or ():
             if isinstance(pair, list) and len(pair) == 2 and all(isinstance(v, int) for v in pair):
                 self.truth[pair[0]] = pair[1]
@@ -289,7 +303,8 @@ class LiveState:
                 "finished": self.finished, "version": self.version, "time": round(now, 3),
                 "elapsed_s": round(now - self.first_image, 1) if self.first_image else None,
                 "classes": list(self.info.class_names),
-                "progress": self._progress(),
+                "reference_accuracy": self.info.reference_accuracy,
+                "progress": self._progress(now),
                 "frame": self._current_frame(now, len(devices)),
                 "devices": [self._device_json(n, now) for n in devices],
                 "nodes": [self._node_json(n, now) for n in others],
@@ -299,14 +314,16 @@ class LiveState:
                 "rejected": sum(self.decoder.counters.values()),
             }
 
-    def _progress(self) -> dict:
+    def _progress(self, now: float) -> dict:
         s = self.source
         return {"sent": s.get("sent", self.images_seen), "total": s.get("total"),
                 "images_seen": self.images_seen,
                 "predicted": s.get("predicted", sum(r.logits is not None
                                                     for r in self.frames.values())),
                 "accuracy": s.get("accuracy"), "scored": s.get("scored"),
-                "correct": s.get("correct")}
+                "correct": s.get("correct"),
+                "chart": [{"t": round(t - now, 1), "accuracy": round(a, 4)}
+                          for t, a in self.accuracy if now - t <= CHART_S]}
 
     def _current_frame(self, now: float, k: int) -> dict | None:
         """The newest answered frame; with a live source, the newest whose truth is known."""
