@@ -14,9 +14,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from firmware_bridge.model import ModelInfo, OperatorInfo, TensorInfo
 from firmware_bridge.render import render
 from nonn_tflite.errors import ModelFileError
+from nonn_tflite.live.models import QParams
+from nonn_tflite.profile import qparams
+from nonn_tflite.tflite_model import OpInfo, TensorInfo, TFLiteModel
 
 _PASS_THROUGH = {"RESHAPE", "SQUEEZE", "EXPAND_DIMS"}  # int8 layout no-ops for a 1 x N vector
 
@@ -61,17 +63,18 @@ def _round_half_away(x: float) -> int:
     return math.floor(abs(x) + 0.5) * (1 if x >= 0 else -1)
 
 
-def _effective_scales(inp: TensorInfo, w: TensorInfo, out: TensorInfo) -> list[float]:
+def _effective_scales(inp: QParams, w_scales: list[float], out: QParams,
+                      channels: int) -> list[float]:
     """input*filter/output scale per channel, with TFLM's own float/double steps."""
     s_in, s_out = np.float32(inp.scale), np.float32(out.scale)
-    if len(w.scales) == 1:  # GetQuantizedConvolutionMultipler: float product, then double
-        product = float(np.float32(s_in * np.float32(w.scales[0])))
-        return [product / float(s_out)] * int(w.shape[0])
+    if len(w_scales) == 1:  # GetQuantizedConvolutionMultipler: float product, then double
+        product = float(np.float32(s_in * np.float32(w_scales[0])))
+        return [product / float(s_out)] * channels
     # PopulateConvolutionQuantizationParams: double throughout
-    return [float(s_in) * float(np.float32(s)) / float(s_out) for s in w.scales]
+    return [float(s_in) * float(np.float32(s)) / float(s_out) for s in w_scales]
 
 
-def _activation_range(activation: str | None, out: TensorInfo) -> tuple[int, int]:
+def _activation_range(activation: str | None, out: QParams) -> tuple[int, int]:
     zp, scale = out.zero_point, float(np.float32(out.scale))
     if activation in (None, "NONE"):
         return -128, 127
@@ -83,14 +86,14 @@ def _activation_range(activation: str | None, out: TensorInfo) -> tuple[int, int
                          "the C fusion supports NONE, RELU and RELU6")
 
 
-def fc_layers(info: ModelInfo, what: str = "fusion model") -> list[FcLayer]:
+def fc_layers(info: TFLiteModel, what: str = "fusion model") -> list[FcLayer]:
     """The model's FULLY_CONNECTED chain; anything else is refused with its op name."""
     layers = []
     for op in info.operators:
-        if op.op in _PASS_THROUGH:
+        if op.opcode in _PASS_THROUGH:
             continue
-        if op.op != "FULLY_CONNECTED":
-            raise ModelFileError(f"{what} uses {op.op}; the C fusion supports only "
+        if op.opcode != "FULLY_CONNECTED":
+            raise ModelFileError(f"{what} uses {op.opcode}; the C fusion supports only "
                                  "FULLY_CONNECTED layers (use the Python fusion node)")
         layers.append(_fc_layer(info, op, what))
     if not layers:
@@ -101,25 +104,33 @@ def fc_layers(info: ModelInfo, what: str = "fusion model") -> list[FcLayer]:
     return layers
 
 
-def _fc_layer(info: ModelInfo, op: OperatorInfo, what: str) -> FcLayer:
+def _fc_layer(info: TFLiteModel, op: OpInfo, what: str) -> FcLayer:
     inp, w = info.tensors[op.inputs[0]], info.tensors[op.inputs[1]]
     out = info.tensors[op.outputs[0]]
-    if (inp.dtype, w.dtype, out.dtype) != ("INT8", "INT8", "INT8"):
+    if (inp.dtype, w.dtype, out.dtype) != ("int8", "int8", "int8"):
         raise ModelFileError(f"{what}: FULLY_CONNECTED is not int8 throughout "
                              f"({inp.dtype}/{w.dtype}/{out.dtype})")
-    if any(z != 0 for z in w.zero_points):
+    if w.quant is None:
+        raise ModelFileError(f"{what}: FULLY_CONNECTED weights have no quantisation")
+    if any(z != 0 for z in w.quant.zero_point):
         raise ModelFileError(f"{what}: weights have a non-zero zero point")
-    weights = info.buffer_data(w, np.int8)
+    weights = info.tensor_data(w)
     has_bias = len(op.inputs) > 2 and op.inputs[2] >= 0
-    if has_bias and info.tensors[op.inputs[2]].dtype != "INT32":
+    if has_bias and info.tensors[op.inputs[2]].dtype != "int32":
         raise ModelFileError(f"{what}: FULLY_CONNECTED bias is not int32")
-    bias = (info.buffer_data(info.tensors[op.inputs[2]], np.int32) if has_bias
+    bias = (info.tensor_data(info.tensors[op.inputs[2]]) if has_bias
             else np.zeros(weights.shape[0], np.int32))
-    pairs = [quantize_multiplier(s) for s in _effective_scales(inp, w, out)]
-    act_min, act_max = _activation_range(op.activation, out)
+    q_in, q_out = _quant(inp), _quant(out)
+    scales = _effective_scales(q_in, w.quant.scale, q_out, int(w.shape[0]))
+    pairs = [quantize_multiplier(s) for s in scales]
+    act_min, act_max = _activation_range(op.options.get("activation"), q_out)
     return FcLayer(weights, bias.reshape(-1), tuple(m for m, _ in pairs),
-                   tuple(s for _, s in pairs), -inp.zero_point, out.zero_point,
+                   tuple(s for _, s in pairs), -q_in.zero_point, q_out.zero_point,
                    act_min, act_max)
+
+
+def _quant(t: TensorInfo) -> QParams:
+    return QParams(*qparams(t))
 
 
 def flash_bytes(layers: list[FcLayer]) -> int:
@@ -142,15 +153,14 @@ def crc32_update(crc: int, data: bytes) -> int:
     return zlib.crc32(data, crc) & 0xFFFFFFFF
 
 
-def render_fusion(info: ModelInfo, name: str = "fusion") -> tuple[str, str, list[FcLayer]]:
+def render_fusion(info: TFLiteModel, name: str = "fusion") -> tuple[str, str, list[FcLayer]]:
     """(header, source, layers) of the C fusion for ``info``."""
     layers = fc_layers(info)
-    inp, out = info.inputs[0], info.outputs[0]
     context = {
         "name": name,
         "layers": [_layer_context(i, layer) for i, layer in enumerate(layers)],
-        "input": inp,
-        "output": out,
+        "input": _quant(info.input_tensors()[0]),
+        "output": _quant(info.output_tensors()[0]),
         "input_width": layers[0].in_width,
         "output_width": layers[-1].out_width,
         "max_width": max(layer.out_width for layer in layers),

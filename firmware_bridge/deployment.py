@@ -16,21 +16,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from firmware_bridge.arena import measure_arena
 from firmware_bridge.carrays import crc32
-from firmware_bridge.model import ModelInfo, read_model, require_int8_io
 from nonn_tflite.errors import ModelFileError, RunDirError
+from nonn_tflite.live.models import QParams
+from nonn_tflite.live.protocol import deployment_id
+from nonn_tflite.profile import measure_arena, qparams
+from nonn_tflite.tflite_model import TensorInfo, TFLiteModel, parse_tflite
 
 log = logging.getLogger(__name__)
 SCHEMA = 1
 _TOPIC_SAFE = re.compile(r"[A-Za-z0-9._-]+\Z")
-
-
-@dataclass(frozen=True)
-class Quant:
-    scale: float
-    zero_point: int
-
+_CUSTOM = 32  # BuiltinOperator.CUSTOM
 
 @dataclass(frozen=True)
 class Arena:
@@ -47,9 +43,9 @@ class ModelEntry:
     name: str  # "student_0" / "fusion": C identifier and file stem
     path: Path
     data: bytes
-    info: ModelInfo
-    input: Quant
-    output: Quant
+    info: TFLiteModel
+    input: QParams
+    output: QParams
     stated_arena: Arena | None  # from deployment.json or report.json, if either has it
 
     @functools.cached_property
@@ -58,19 +54,19 @@ class ModelEntry:
         if self.stated_arena is not None:
             return self.stated_arena
         log.info("measuring the tensor arena of %s with the TFLM interpreter", self.path.name)
-        return Arena(measure_arena(self.data), "measured (TFLM bisection)")
+        return Arena(measure_arena(self.data).arena_bytes, "measured (TFLM bisection)")
 
     @property
     def input_shape(self) -> tuple[int, ...]:
-        return self.info.inputs[0].shape
+        return self.info.input_tensors()[0].shape
 
     @property
     def input_size(self) -> int:
-        return self.info.inputs[0].size
+        return self.info.input_tensors()[0].numel
 
     @property
     def output_size(self) -> int:
-        return self.info.outputs[0].size
+        return self.info.output_tensors()[0].numel
 
     @property
     def crc32(self) -> int:
@@ -99,8 +95,8 @@ class Deployment:
 
     @property
     def deployment_id(self) -> int:
-        """CRC-32 of the UTF-8 name: the id every frame carries."""
-        return crc32(self.name.encode("utf-8"))
+        """The id every frame carries (CRC-32 of the UTF-8 name)."""
+        return deployment_id(self.name)
 
     def slices(self) -> list[tuple[int, int]]:
         """(offset, width) of each student's vector inside the fusion input."""
@@ -139,8 +135,8 @@ def load_deployment(run_dir: Path) -> Deployment:
     fusion_meta = _required(meta, "fusion", "deployment.json")
     fusion = _model(tdir, "fusion", fusion_meta, report)
     width = sum(s.width for s in students)
-    if fusion.info.inputs[0].size != width or fusion_meta.get("input_width", width) != width:
-        raise ModelFileError(f"fusion input width {fusion.info.inputs[0].size} does not equal "
+    if fusion.input_size != width or fusion_meta.get("input_width", width) != width:
+        raise ModelFileError(f"fusion input width {fusion.input_size} does not equal "
                              f"the students' total width {width}")
     num_classes = int(meta.get("num_classes", fusion.output_size))
     if num_classes != fusion.output_size:
@@ -195,17 +191,34 @@ def _model(tdir: Path, name: str, entry: dict[str, Any], report: dict[str, Any])
     if not path.is_file():
         raise ModelFileError(f"{path} is missing: run `nonn-tflite convert` again")
     data = path.read_bytes()
-    info = read_model(data, path.name)
-    require_int8_io(info, path.name)
-    quant_in = _checked_quant(entry, "input", info.inputs[0], path.name)
-    quant_out = _checked_quant(entry, "output", info.outputs[0], path.name)
+    info = parse_tflite(data, path.name)
+    _check_firmware_model(info, path.name)
+    quant_in = _checked_quant(entry, "input", info.input_tensors()[0], path.name)
+    quant_out = _checked_quant(entry, "output", info.output_tensors()[0], path.name)
     return ModelEntry(name, path, data, info, quant_in, quant_out,
                       _stated_arena(entry, report, name, path.name))
 
 
-def _checked_quant(entry: dict[str, Any], key: str, tensor: Any, what: str) -> Quant:
+def _check_firmware_model(model: TFLiteModel, what: str) -> None:
+    """Refuse what the generated C cannot run: several subgraphs, custom ops, float I/O."""
+    if model.num_subgraphs != 1:
+        raise ModelFileError(f"{what} has {model.num_subgraphs} subgraphs; "
+                             "firmware export supports exactly 1")
+    if any(op.builtin_code == _CUSTOM for op in model.operators):
+        raise ModelFileError(f"{what} uses a custom op, which firmware export cannot register")
+    for kind, tensors in (("input", model.input_tensors()), ("output", model.output_tensors())):
+        if len(tensors) != 1:
+            raise ModelFileError(f"{what} has {len(tensors)} {kind}s; expected exactly 1")
+        t = tensors[0]
+        if t.dtype != "int8" or t.quant is None or t.quant.per_tensor is None:
+            raise ModelFileError(
+                f"{what} {kind} is {t.dtype}, not per-tensor int8: export needs "
+                "full-integer models (run `nonn-tflite convert` with int8 quantisation)")
+
+
+def _checked_quant(entry: dict[str, Any], key: str, tensor: TensorInfo, what: str) -> QParams:
     """The model's own quantisation, after checking deployment.json agrees with it."""
-    actual = Quant(tensor.scale, tensor.zero_point)
+    actual = QParams(*qparams(tensor))
     stated = entry.get(key)
     if stated is not None:
         scale, zp = (float(stated.get("scale", actual.scale)),

@@ -15,15 +15,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from firmware_bridge.arena import align
 from firmware_bridge.carrays import array_symbol, to_c_array
 from firmware_bridge.cfusion import flash_bytes, params_crc32, render_fusion
 from firmware_bridge.deployment import Deployment, ModelEntry, Student, load_deployment
 from firmware_bridge.render import TEMPLATES, render
-from firmware_bridge.resolver import add_method
+from firmware_bridge.resolver import op_calls, render_resolver
 from firmware_bridge.targets import Target, get_target
 from nonn_tflite import __version__
 from nonn_tflite.errors import BoardFitError, UsageError
+from nonn_tflite.profile import ARENA_MARGIN_RULE, align, arena_with_margin
 
 log = logging.getLogger(__name__)
 
@@ -193,7 +193,7 @@ def _base_context(dep: Deployment, tgt: Target, broker: Broker, options: ExportO
         "wifi_ssid": options.wifi_ssid or "",
         "generator": f"nonn-tflite {__version__}",
         "run_label": run_dir.as_posix(),
-        "margin_text": tgt.margin.describe(),
+        "margin_text": ARENA_MARGIN_RULE,
         "fusion_timeout_ms": options.fusion_timeout_ms,
         "fusion_slots": FUSION_SLOTS,
         "slices": dep.slices(),
@@ -204,14 +204,14 @@ def _base_context(dep: Deployment, tgt: Target, broker: Broker, options: ExportO
 def _device_plan(dep: Deployment, student: Student, tgt: Target,
                  base: dict[str, Any]) -> _Plan:
     model = student.model
-    arena = tgt.margin.apply(model.arena.bytes)
+    arena = arena_with_margin(model.arena.bytes)
     _check_fit(model, arena, tgt)
     name = f"device_{student.id}"
     node = f"device-{student.id}"  # the Python device's node name: same status topic
     t = topics(dep.name)
     project_topics = {"image": t["image"], "feature": f"{t['prefix']}/feature/{student.id}",
                       "status": f"{t['prefix']}/status/{node}"}
-    ops = _ops(model)
+    ops = op_calls(model.info, model.path.name)
     header, source = to_c_array(model.name, model.data, source_note=model.path.name)
     longest = max(len(v) for v in project_topics.values())
     packet = _mqtt_packet(longest, max(model.input_size, student.width))
@@ -224,8 +224,7 @@ def _device_plan(dep: Deployment, student: Student, tgt: Target,
         "client_id": f"nonn-{dep.name}-{node}", "mqtt_buffer": _mqtt_buffer(packet, tgt),
     }
     generated = {f"{model.name}_model_data.h": header, f"{model.name}_model_data.cc": source,
-                 "model_ops.h": render("common/model_ops.h.j2", name=model.name, calls=ops,
-                                       count=len(ops))}
+                 "model_ops.h": render_resolver(model.name, ops)}
     result = {"student": student.id, "arena_measured": model.arena.bytes, "arena_bytes": arena,
               "flash_bytes": len(model.data), "ops": tuple(op for op, _ in ops),
               "publishes": (project_topics["feature"], project_topics["status"])}
@@ -249,18 +248,10 @@ def _fusion_plan(dep: Deployment, tgt: Target, base: dict[str, Any]) -> _Plan:
                "crc": params_crc32(layers), "fusion_flash": flash,
                "mqtt_buffer": _mqtt_buffer(packet, tgt)}
     result = {"student": None, "arena_measured": None, "arena_bytes": None,
-              "flash_bytes": flash, "ops": tuple(dict.fromkeys(dep.fusion.info.op_codes)),
+              "flash_bytes": flash, "ops": tuple(dep.fusion.info.op_names),
               "publishes": (project_topics["prediction"], project_topics["status"])}
     return _Plan("fusion", "fusion", context,
                  {"fusion_model.h": header, "fusion_model.c": source}, result)
-
-
-def _ops(model: ModelEntry) -> list[tuple[str, str]]:
-    seen: list[str] = []
-    for op in model.info.op_codes:
-        if op not in seen:
-            seen.append(op)
-    return [(op, add_method(op, model.path.name)) for op in seen]
 
 
 def _hwc(model: ModelEntry) -> tuple[int, int, int]:

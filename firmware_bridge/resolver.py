@@ -7,9 +7,9 @@ the number of Add calls: one too few fails at runtime, one too many wastes RAM.
 
 from __future__ import annotations
 
-from firmware_bridge.model import read_model
 from firmware_bridge.render import render
 from nonn_tflite.errors import ModelFileError
+from nonn_tflite.tflite_model import TFLiteModel, parse_tflite
 
 # Builtin op name -> MicroMutableOpResolver method, as spelt in tflite-micro's
 # tensorflow/lite/micro/micro_mutable_op_resolver.h (2023 and later, which TensorFlowLite_ESP32
@@ -67,12 +67,8 @@ TFLM_ADD_METHODS: dict[str, str] = {
 
 
 def ops_of(tflite_bytes: bytes) -> list[str]:
-    """Builtin op names used by the model, in the model's operator-code order, no repeats."""
-    seen: list[str] = []
-    for name in read_model(tflite_bytes).op_codes:
-        if name not in seen:
-            seen.append(name)
-    return seen
+    """Op names the model's operators use, in first-use order, no repeats."""
+    return parse_tflite(tflite_bytes).op_names
 
 
 def add_method(op: str, what: str = "model") -> str:
@@ -84,8 +80,16 @@ def add_method(op: str, what: str = "model") -> str:
                              "MicroMutableOpResolver cannot register") from None
 
 
-def resolver_header(name: str, tflite_bytes: bytes) -> str:
-    """C++ header: ``NonnOpResolver`` sized to the model and a function registering its ops."""
-    ops = ops_of(tflite_bytes)
-    calls = [(op, add_method(op, name)) for op in ops]
+def op_calls(model: TFLiteModel, what: str) -> list[tuple[str, str]]:
+    """(op, Add method) for every op ``model`` uses; refuses ops TFLM cannot register."""
+    return [(op, add_method(op, what)) for op in model.op_names]
+
+
+def render_resolver(name: str, calls: list[tuple[str, str]]) -> str:
+    """C++ header: ``NonnOpResolver`` sized to ``calls`` and a function making them."""
     return render("common/model_ops.h.j2", name=name, calls=calls, count=len(calls))
+
+
+def resolver_header(name: str, tflite_bytes: bytes) -> str:
+    """The resolver header for a model given as .tflite bytes."""
+    return render_resolver(name, op_calls(parse_tflite(tflite_bytes, name), name))

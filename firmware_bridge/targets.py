@@ -8,7 +8,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from firmware_bridge.arena import ArenaMargin
 from nonn_tflite.errors import UsageError
 
 
@@ -36,7 +35,6 @@ class Target:
     description: str
     board: Board
     libraries: tuple[Library, ...]
-    margin: ArenaMargin
     needs_wifi: bool
     default_broker: str | None
     mqtt_packet_limit: int | None = None  # largest packet the MQTT client can buffer
@@ -61,7 +59,6 @@ ESP32 = Target(
                 "TensorFlow Lite Micro for ESP32 (Arduino), built from espressif/esp-tflite-micro"),
         Library("knolleary/PubSubClient", "2.8", "MQTT 3.1.1 client"),
     ),
-    margin=ArenaMargin(fraction=0.25, minimum=2048),
     needs_wifi=True,
     default_broker=None,
     mqtt_packet_limit=65_535,  # PubSubClient::setBufferSize(uint16_t)
@@ -85,7 +82,6 @@ LINUX = Target(
                 "MQTT client"),
         Library("CMake", ">= 3.16", "build"),
     ),
-    margin=ArenaMargin(fraction=0.25, minimum=2048),
     needs_wifi=False,
     default_broker="mqtt://localhost:1883",
 )

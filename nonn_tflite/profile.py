@@ -4,8 +4,8 @@
 * ``arena_bytes``: the smallest arena with which TFLite Micro allocates *and* invokes the
   model, found by bisection with the TFLM Python interpreter. That is a 64-bit host build of
   the reference kernels; ``arena_bytes_32bit`` adds the margin the firmware allocates
-  (:data:`ARENA_MARGIN_FRACTION`, at least :data:`ARENA_MARGIN_MIN_BYTES`, 16-byte aligned, the
-  same rule as ``firmware_bridge.arena``): 32-bit pointers shrink TFLM's bookkeeping, but
+  (:data:`ARENA_MARGIN_FRACTION`, at least :data:`ARENA_MARGIN_MIN_BYTES`, 16-byte aligned; the
+  firmware export allocates the same): 32-bit pointers shrink TFLM's bookkeeping, but
   optimised kernels (CMSIS-NN, ESP-NN) request scratch buffers the reference kernels do not.
 * latency: LiteRT, 1 thread, median and p90 of single-image invokes, with the reference
   kernels (``BUILTIN_REF``; the closest a PC gets to TFLM's reference kernels) and with the
@@ -45,10 +45,10 @@ ARENA_START = 64 << 10
 ARENA_MAX = 256 << 20
 ARENA_MARGIN_FRACTION = 0.25
 ARENA_MARGIN_MIN_BYTES = 2048
+ARENA_MARGIN_RULE = (f"+{ARENA_MARGIN_FRACTION:.0%} (at least {ARENA_MARGIN_MIN_BYTES:,} B), "
+                     f"rounded up to {ALIGN} B")  # how arena_with_margin reads in docs
 ARENA_NOTE = (f"arena_bytes measured on a 64-bit host with TFLM reference kernels; "
-              f"arena_bytes_32bit = +{ARENA_MARGIN_FRACTION:.0%} (at least "
-              f"{ARENA_MARGIN_MIN_BYTES:,} B), rounded up to {ALIGN} B, for 32-bit targets with "
-              "optimised kernels")
+              f"arena_bytes_32bit = {ARENA_MARGIN_RULE}, for 32-bit targets with optimised kernels")
 WIRE_HEADER_BYTES = 36  # live/protocol.py header, struct '<4sBBBBIIQfiI'
 DEFAULT_LATENCY_RUNS = 200
 

@@ -21,6 +21,8 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 
+import numpy as np
+
 from nonn_tflite.errors import ModelFileError
 
 FILE_IDENTIFIER = b"TFL3"
@@ -33,6 +35,10 @@ TENSOR_TYPES = {0: "float32", 1: "float16", 2: "int32", 3: "uint8", 4: "int64", 
 DTYPE_BYTES = {"float32": 4, "float16": 2, "int32": 4, "uint8": 1, "int64": 8, "bool": 1,
                "int16": 2, "complex64": 8, "int8": 1, "float64": 8, "complex128": 16,
                "uint64": 8, "uint32": 4, "uint16": 2, "bfloat16": 2}
+# numpy spelling of the dtypes :meth:`TFLiteModel.tensor_data` can return (flatbuffers are LE)
+NUMPY_DTYPES = {"float32": "<f4", "float16": "<f2", "int32": "<i4", "uint8": "u1", "int64": "<i8",
+                "bool": "?", "int16": "<i2", "complex64": "<c8", "int8": "i1", "float64": "<f8",
+                "complex128": "<c16", "uint64": "<u8", "uint32": "<u4", "uint16": "<u2"}
 
 MAC_OPS = ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED", "TRANSPOSE_CONV", "BATCH_MATMUL")
 ELEMENTWISE_OPS = ("ADD", "SUB", "MUL", "DIV", "SQUARED_DIFFERENCE", "MAXIMUM", "MINIMUM")
@@ -185,6 +191,7 @@ class TensorInfo:
     data_bytes: int  # bytes of constant data (0 for activations)
     quant: QuantParams | None
     is_variable: bool = False
+    data_offset: int = 0  # where the constant data starts in the file (when data_bytes > 0)
 
     @property
     def is_constant(self) -> bool:
@@ -227,6 +234,7 @@ class TFLiteModel:
     outputs: list[int]
     num_subgraphs: int
     num_buffers: int
+    data: bytes = field(default=b"", repr=False)  # the file, for :meth:`tensor_data`
 
     @property
     def op_names(self) -> list[str]:
@@ -261,6 +269,19 @@ class TFLiteModel:
                 return op
         return None
 
+    def tensor_data(self, tensor: TensorInfo) -> np.ndarray:
+        """The constant data (weights, bias) of ``tensor`` in its shape, read-only.
+
+        :func:`parse_tflite` already checked that the data lies in the file and fits the shape.
+        """
+        if not tensor.is_constant:
+            raise ModelFileError(f"{self.name}: tensor '{tensor.name}' has no constant data")
+        if tensor.dtype not in NUMPY_DTYPES:
+            raise ModelFileError(f"{self.name}: tensor '{tensor.name}' is {tensor.dtype}, "
+                                 "which numpy cannot hold")
+        return np.frombuffer(self.data, NUMPY_DTYPES[tensor.dtype], tensor.numel,
+                             tensor.data_offset).reshape(tensor.shape)
+
 
 def read_tflite(path: str | Path) -> TFLiteModel:
     """Parse and structurally verify the .tflite file at ``path``."""
@@ -290,7 +311,7 @@ def parse_tflite(data: bytes, name: str = "model") -> TFLiteModel:
     subgraphs = model.tables(2, "subgraphs")
     if not subgraphs:
         raise buf.fail("it has no subgraph")
-    buffers = [_buffer_size(buf, t) for t in model.tables(4, "buffers")]
+    buffers = [_buffer_span(buf, t) for t in model.tables(4, "buffers")]
     sg = subgraphs[0]
     tensors = [_tensor(i, t, buffers, buf) for i, t in enumerate(sg.tables(0, "tensors"))]
     inputs = sg.vector(1, "i", "subgraph inputs") or []
@@ -300,7 +321,7 @@ def parse_tflite(data: bytes, name: str = "model") -> TFLiteModel:
     return TFLiteModel(name=name, size=len(buf.data), schema_version=version,
                        description=model.string(3, "description") or "", tensors=tensors,
                        operators=ops, inputs=inputs, outputs=outputs,
-                       num_subgraphs=len(subgraphs), num_buffers=len(buffers))
+                       num_subgraphs=len(subgraphs), num_buffers=len(buffers), data=buf.data)
 
 
 def _looks_like_text(data: bytes) -> bool:
@@ -314,19 +335,20 @@ def _opcode(t: _Table) -> tuple[int, str | None, int]:
     return code, t.string(1, "custom_code"), int(t.scalar(2, "<i", 1))
 
 
-def _buffer_size(buf: _Buf, t: _Table) -> int:
+def _buffer_span(buf: _Buf, t: _Table) -> tuple[int, int]:
+    """(start in the file, bytes) of one buffer's data; (0, 0) when it has none."""
     span = t.bytes_span(0, "buffer data")
     if span is not None:
-        return span[1]
+        return span
     offset, size = t.scalar(1, "<Q"), t.scalar(2, "<Q")
     if offset > 1:  # data stored after the flatbuffer (models over 2 GB)
         if offset + size > len(buf.data):
             raise buf.fail(f"a buffer's external data ({size} bytes at {offset}) lies past the end")
-        return int(size)
-    return 0
+        return int(offset), int(size)
+    return 0, 0
 
 
-def _tensor(index: int, t: _Table, buffers: list[int], buf: _Buf) -> TensorInfo:
+def _tensor(index: int, t: _Table, buffers: list[tuple[int, int]], buf: _Buf) -> TensorInfo:
     what = f"tensor {index}"
     shape = tuple(t.vector(0, "i", f"{what} shape") or [])
     dtype_code = t.scalar(1, "<b")
@@ -338,13 +360,13 @@ def _tensor(index: int, t: _Table, buffers: list[int], buf: _Buf) -> TensorInfo:
     if any(d < 0 for d in shape):
         raise buf.fail(f"{what} ({name}) has a negative dimension in shape {list(shape)}")
     sig = t.vector(7, "i", f"{what} shape_signature")
-    data_bytes = buffers[buffer]
+    data_offset, data_bytes = buffers[buffer]
     if data_bytes and dtype in DTYPE_BYTES and data_bytes != _prod(shape) * DTYPE_BYTES[dtype]:
         raise buf.fail(f"{what} ({name}) holds {data_bytes} bytes of data, but its shape "
                        f"{list(shape)} of {dtype} needs {_prod(shape) * DTYPE_BYTES[dtype]}")
     return TensorInfo(index, name, dtype, shape, tuple(sig) if sig is not None else None, buffer,
                       data_bytes, _quant(t.table(4, f"{what} quantization"), buf, what),
-                      bool(t.scalar(5, "<B")))
+                      bool(t.scalar(5, "<B")), data_offset)
 
 
 def _quant(t: _Table | None, buf: _Buf, what: str) -> QuantParams | None:

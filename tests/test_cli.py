@@ -169,4 +169,7 @@ def test_distill_with_cached_teacher_outputs(tmp_path, tiny_teacher_path):
     assert result.exit_code == 0, result.output
     manifest = json.loads((run / "manifest.json").read_text())
     assert manifest["config"]["distill"]["cache_teacher"] is True
-    assert manifest["metrics"]["nonn_accuracy"] > 0.15  # learns something in 2 epochs
+    import csv
+
+    rows = list(csv.DictReader(open(run / "history_distill.csv")))
+    assert float(rows[-1]["loss"]) < float(rows[0]["loss"])  # it trains on the cached outputs
