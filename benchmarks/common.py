@@ -94,7 +94,7 @@ def print_table(title: str, rows: list[dict], columns: list[str] | None = None) 
         table.add_column(c, justify="right")
     for r in rows:
         table.add_row(*(_fmt(r.get(c)) for c in cols))
-    Console().print(table)
+    Console(width=max(120, Console().width)).print(table)
 
 
 def write_results(name: str, profile: str, doc: dict, rows: list[dict], columns: list[str] | None = None,

@@ -34,9 +34,10 @@ def hex_lines(data: bytes, per_line: int = BYTES_PER_LINE) -> list[str]:
             for i in range(0, len(data), per_line)]
 
 
-def crc32(data: bytes) -> int:
-    """CRC-32 as zlib computes it (the same polynomial as nonn_crc32.c and the wire format)."""
-    return zlib.crc32(data) & 0xFFFFFFFF
+def crc32(data: bytes, crc: int = 0) -> int:
+    """CRC-32 as zlib computes it (the same polynomial as nonn_crc32.c and the wire format);
+    pass the previous result as ``crc`` to continue over several pieces."""
+    return zlib.crc32(data, crc) & 0xFFFFFFFF
 
 
 def to_c_array(name: str, data: bytes, *, source_note: str = "") -> tuple[str, str]:

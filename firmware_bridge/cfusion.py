@@ -9,15 +9,15 @@ from __future__ import annotations
 
 import itertools
 import math
-import zlib
 from dataclasses import dataclass
 
 import numpy as np
 
+from firmware_bridge.carrays import crc32
 from firmware_bridge.render import render
 from nonn_tflite.errors import ModelFileError
 from nonn_tflite.live.models import QParams
-from nonn_tflite.profile import qparams
+from nonn_tflite.profile import qparams, round_half_away
 from nonn_tflite.tflite_model import OpInfo, TensorInfo, TFLiteModel
 
 _PASS_THROUGH = {"RESHAPE", "SQUEEZE", "EXPAND_DIMS"}  # int8 layout no-ops for a 1 x N vector
@@ -50,17 +50,13 @@ def quantize_multiplier(real: float) -> tuple[int, int]:
     if real == 0.0:
         return 0, 0
     q, shift = math.frexp(real)
-    q_fixed = _round_half_away(q * (1 << 31))
+    q_fixed = int(round_half_away(q * (1 << 31)))
     if q_fixed == (1 << 31):
         q_fixed //= 2
         shift += 1
     if shift < -31:
         return 0, 0
     return int(q_fixed), int(shift)
-
-
-def _round_half_away(x: float) -> int:
-    return math.floor(abs(x) + 0.5) * (1 if x >= 0 else -1)
 
 
 def _effective_scales(inp: QParams, w_scales: list[float], out: QParams,
@@ -81,7 +77,7 @@ def _activation_range(activation: str | None, out: QParams) -> tuple[int, int]:
     if activation == "RELU":
         return max(-128, zp), 127
     if activation == "RELU6":
-        return max(-128, zp), min(127, zp + _round_half_away(6.0 / scale))
+        return max(-128, zp), min(127, zp + int(round_half_away(6.0 / scale)))
     raise ModelFileError(f"fusion model uses fused activation {activation}; "
                          "the C fusion supports NONE, RELU and RELU6")
 
@@ -144,13 +140,9 @@ def params_crc32(layers: list[FcLayer]) -> int:
     Mirrors nonn_fusion_params_crc32() in the generated C, which checks it at boot."""
     crc = 0
     for layer in layers:
-        crc = crc32_update(crc, layer.weights.astype(np.int8).tobytes())
-        crc = crc32_update(crc, layer.bias.astype("<i4").tobytes())
+        crc = crc32(layer.weights.astype(np.int8).tobytes(), crc)
+        crc = crc32(layer.bias.astype("<i4").tobytes(), crc)
     return crc
-
-
-def crc32_update(crc: int, data: bytes) -> int:
-    return zlib.crc32(data, crc) & 0xFFFFFFFF
 
 
 def render_fusion(info: TFLiteModel, name: str = "fusion") -> tuple[str, str, list[FcLayer]]:

@@ -329,7 +329,7 @@ def _start_web(d, web: bool, host: str | None, port: int | None):
     page = WebDashboard(DeploymentInfo.from_deployment(d.deployment), host or "127.0.0.1",
                         8080 if port is None else port).start()
     page.attach(d)
-    _say(f"web dashboard: {page.url}")
+    _say(f"web dashboard: {page.banner}")
     return page
 # ---- end of web dashboard ----
 

@@ -53,8 +53,8 @@ def dashboard(run: Path | None, name: str | None, broker_url: str, cafile, certf
         page.connect(BrokerConfig.from_url(broker_url, cafile=cafile, certfile=certfile,
                                            keyfile=keyfile, insecure=insecure,
                                            protocol=protocol))
-        _say(f"dashboard of {info.name} from {broker_url.split('@')[-1]}: {page.url} "
-             "(Ctrl-C to stop)")
+        _say(f"dashboard of {info.name} from {broker_url.split('@')[-1]}: {page.banner}; "
+             "Ctrl-C stops it")
         _serve(duration)
     finally:
         page.stop()

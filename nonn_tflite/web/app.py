@@ -9,11 +9,16 @@ publishes its score (:class:`~nonn_tflite.web.source_stats.SourceStats`) while i
 from __future__ import annotations
 
 import logging
+from typing import TYPE_CHECKING
 
 from nonn_tflite.live.mqtt import BrokerConfig
 from nonn_tflite.web.server import DashboardServer
 from nonn_tflite.web.source_stats import SourceStats
 from nonn_tflite.web.state import DeploymentInfo, LiveState
+
+if TYPE_CHECKING:
+    from nonn_tflite.live.demo import Demo
+    from nonn_tflite.live.source import SourceNode
 
 log = logging.getLogger(__name__)
 
@@ -32,6 +37,14 @@ class WebDashboard:
     def url(self) -> str:
         return self.server.url
 
+    @property
+    def banner(self) -> str:
+        """The URL, and a warning when the page is reachable from other machines."""
+        host = self.server.httpd.server_address[0]
+        if host.startswith("127.") or host == "::1":
+            return self.url
+        return f"{self.url} (listening on {host}: reachable from the network)"
+
     def start(self) -> WebDashboard:
         self.server.start()
         return self
@@ -46,25 +59,30 @@ class WebDashboard:
         self.server.stop()
 
     # ---- inside `demo --web` -----------------------------------------------------------------
-    def attach(self, demo) -> None:
+    def attach(self, demo: Demo) -> None:
         """Set the demo's hooks: connect with its broker, publish its score, end cleanly."""
         demo.hooks.broker_ready = self.connect
         demo.hooks.source_ready = self._watch_source
         demo.hooks.closing = self._demo_closing
 
-    def _watch_source(self, source) -> None:
+    def _watch_source(self, source: SourceNode) -> None:
         self.source_stats = SourceStats(source).start()
 
     def _demo_closing(self) -> None:
-        """Publish the final score and wait until the page state holds it (MQTT still up)."""
+        """Publish the final score and wait until the page state holds it (MQTT still up).
+
+        Only after a complete run: on Ctrl-C the figures are not final and the broker may be
+        going down with the same signal, so nothing is waited for.
+        """
         stats, self.source_stats = self.source_stats, None
         if stats is not None:
             stats.stop()
-            want = len(stats.node.score.predictions)
-            if not self.state.wait_for(lambda s: s.source.get("predicted") == want
-                                       and s.source.get("sent") == stats.node.score.frames,
-                                       FINAL_WAIT_S):
+        score = stats.node.score if stats is not None else None
+        complete = score is not None and score.frames == stats.node.total
+        if complete and stats.node.conn.connected.is_set():
+            want = (score.frames, len(score.predictions))
+            if not self.state.wait_for(lambda s: not s.connected or (
+                    s.source.get("sent"), s.source.get("predicted")) == want, FINAL_WAIT_S):
                 log.debug("final source stats did not reach the web state in time")
-        self.state.finish("finished" if stats is not None and
-                          stats.node.score.frames == stats.node.total else "stopped")
+        self.state.finish("finished" if complete else "stopped")
         self.state.disconnect()

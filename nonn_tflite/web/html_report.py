@@ -163,7 +163,8 @@ def _table(lines: list[str]) -> str:
                                     if not re.fullmatch(r"\|?[\s:|-]+\|?", x.strip())]
     th = "".join(f"<th>{_inline(c)}</th>" for c in head)
     body = "".join("<tr>" + "".join(f"<td>{_inline(c)}</td>" for c in r) + "</tr>" for r in rows)
-    return f"<div class=\"table\"><table><thead><tr>{th}</tr></thead><tbody>{body}</tbody></table></div>"
+    return (f"<div class=\"table\"><table><thead><tr>{th}</tr></thead><tbody>{body}</tbody>"
+            "</table></div>")
 
 
 def _blocks(md: str) -> list[tuple[str, list[str]]]:

@@ -21,8 +21,12 @@ import time
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from nonn_tflite.errors import NonnError, UsageError
+
+if TYPE_CHECKING:
+    from nonn_tflite.web.state import LiveState
 
 log = logging.getLogger(__name__)
 
@@ -88,7 +92,8 @@ class Broadcaster:
 class Pusher:
     """State changes -> snapshots for the broadcaster, throttled to ``max_hz``."""
 
-    def __init__(self, state, broadcaster: Broadcaster, max_hz: float = MAX_HZ) -> None:
+    def __init__(self, state: LiveState, broadcaster: Broadcaster, max_hz: float = MAX_HZ
+                 ) -> None:
         self.state = state
         self.broadcaster = broadcaster
         self.min_gap = 1.0 / max_hz
@@ -103,7 +108,9 @@ class Pusher:
     def stop(self) -> None:
         """Stop and push the final state once more (it may have changed since)."""
         self._stop.set()
-        self._thread.join(timeout=2.0)
+        self.state.wake()
+        if self._thread.is_alive():
+            self._thread.join(timeout=2.0)
         self.push()
 
     def push(self) -> None:
@@ -166,7 +173,7 @@ def _handler(broadcaster: Broadcaster, snapshot: Callable[[], dict]) -> type:
             broadcaster.attach(+1)
             try:
                 self._stream()
-            except (BrokenPipeError, ConnectionResetError, socket.timeout):
+            except (BrokenPipeError, ConnectionResetError, TimeoutError):
                 pass  # the browser went away
             finally:
                 broadcaster.attach(-1)
@@ -202,7 +209,7 @@ def _static_names() -> set[str]:
 class DashboardServer:
     """Serves the page and the SSE stream for one :class:`~nonn_tflite.web.state.LiveState`."""
 
-    def __init__(self, state, host: str = "127.0.0.1", port: int = 8080,
+    def __init__(self, state: LiveState, host: str = "127.0.0.1", port: int = 8080,
                  max_hz: float = MAX_HZ) -> None:
         self.state = state
         self.broadcaster = Broadcaster()

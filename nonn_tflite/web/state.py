@@ -15,6 +15,7 @@ import math
 import threading
 import time
 from collections import OrderedDict, deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -128,7 +129,7 @@ def softmax_top(logits: np.ndarray, names: tuple[str, ...], k: int = 3) -> list[
 class LiveState:
     """Thread-safe aggregate of one deployment's traffic; ``snapshot()`` is what browsers get."""
 
-    def __init__(self, info: DeploymentInfo, clock=time.time) -> None:
+    def __init__(self, info: DeploymentInfo, clock: Callable[[], float] = time.time) -> None:
         self.info = info
         self.topics = Topics(info.name)
         self.clock = clock
@@ -165,6 +166,10 @@ class LiveState:
             self._touch()
         return self
 
+    @property
+    def connected(self) -> bool:
+        return bool(self.connection and self.connection.connected.is_set())
+
     def disconnect(self) -> None:
         conn, self.connection = self.connection, None
         if conn is not None:
@@ -199,15 +204,21 @@ class LiveState:
                 self._cond.wait(timeout)
             return self.version
 
-    def wait_for(self, predicate, timeout: float) -> bool:
-        """Until ``predicate(self)`` holds (checked on every change) or ``timeout`` seconds."""
+    def wake(self) -> None:
+        """Release every :meth:`wait_changed` at once (shutting down), version unchanged."""
+        with self._cond:
+            self._cond.notify_all()
+
+    def wait_for(self, predicate: Callable[[LiveState], bool], timeout: float) -> bool:
+        """Until ``predicate(self)`` holds (checked on every change, and every 50 ms for
+        things that do not change the state, such as a lost connection) or ``timeout``."""
         end = time.monotonic() + timeout
         with self._cond:
             while not predicate(self):
                 left = end - time.monotonic()
                 if left <= 0:
                     return False
-                self._cond.wait(left)
+                self._cond.wait(min(left, 0.05))
             return True
 
     def _touch(self) -> None:
@@ -299,7 +310,7 @@ class LiveState:
                             key=lambda n: n.node)
             return {
                 "schema": SCHEMA, "deployment": self.info.name, "broker": self.broker_url,
-                "connected": bool(self.connection and self.connection.connected.is_set()),
+                "connected": self.connected,
                 "finished": self.finished, "version": self.version, "time": round(now, 3),
                 "elapsed_s": round(now - self.first_image, 1) if self.first_image else None,
                 "classes": list(self.info.class_names),

@@ -64,10 +64,13 @@ def _convert(tf, model, representative: np.ndarray) -> bytes:
 
 
 def _quant(data: bytes, which: str) -> dict:
-    from firmware_bridge.model import read_model
+    from nonn_tflite.profile import qparams
+    from nonn_tflite.tflite_model import parse_tflite
 
-    t = getattr(read_model(data), which)[0]
-    return {"scale": t.scale, "zero_point": t.zero_point}
+    model = parse_tflite(data)
+    tensor = (model.input_tensors() if which == "inputs" else model.output_tensors())[0]
+    scale, zero_point = qparams(tensor)
+    return {"scale": scale, "zero_point": zero_point}
 
 
 def build_run(root: Path) -> Fixture:
@@ -76,7 +79,7 @@ def build_run(root: Path) -> Fixture:
     import keras
     import tensorflow as tf
 
-    from firmware_bridge.arena import ArenaMargin, measure_arena
+    from nonn_tflite.profile import arena_with_margin, measure_arena
 
     images, labels = _digits()
     x = images.astype(np.float32) / 255.0
@@ -102,9 +105,8 @@ def build_run(root: Path) -> Fixture:
     # Arena numbers reach the exporter as `convert` writes them: deployment.json (student 0:
     # arena_bytes with the 32-bit margin, arena_bytes_host measured), report.json only
     # (student 1), or not at all (fusion: the exporter measures it if a target needs it).
-    arena0 = measure_arena(blobs["student_0"])
-    arena1 = measure_arena(blobs["student_1"])
-    margin = ArenaMargin()
+    arena0 = measure_arena(blobs["student_0"]).arena_bytes
+    arena1 = measure_arena(blobs["student_1"]).arena_bytes
     meta = {
         "schema": 1, "deployment": DEPLOYMENT, "num_classes": 10,
         "class_names": [str(i) for i in range(10)], "input_shape": [8, 8, 1],
@@ -112,7 +114,7 @@ def build_run(root: Path) -> Fixture:
             {"id": k, "file": f"student_{k}.tflite", "filters": list(range(w)), "width": w,
              "input": _quant(blobs[f"student_{k}"], "inputs"),
              "output": _quant(blobs[f"student_{k}"], "outputs"), "board": "esp32",
-             **({"arena_bytes": margin.apply(arena0), "arena_bytes_host": arena0}
+             **({"arena_bytes": arena_with_margin(arena0), "arena_bytes_host": arena0}
                 if k == 0 else {})}
             for k, w in enumerate(WIDTHS)
         ],
@@ -123,7 +125,7 @@ def build_run(root: Path) -> Fixture:
     }
     (tdir / "deployment.json").write_text(json.dumps(meta, indent=2))
     report = {"students": [{"id": 1, "file": "student_1.tflite", "arena_bytes": arena1,
-                            "arena_bytes_32bit": margin.apply(arena1),
+                            "arena_bytes_32bit": arena_with_margin(arena1),
                             "flash_bytes": len(blobs["student_1"])}]}
     (tdir / "report.json").write_text(json.dumps(report, indent=2))
     return Fixture(root, images, labels)
@@ -235,16 +237,16 @@ class Reference:
     def __init__(self, fx: Fixture) -> None:
         from tflite_micro import runtime
 
-        from firmware_bridge.model import read_model
         from nonn_tflite.live.models import QParams
+        from nonn_tflite.profile import qparams
+        from nonn_tflite.tflite_model import parse_tflite
 
         self.fx = fx
         self.interp = {n: runtime.Interpreter.from_bytes(fx.model(n), arena_size=64 * 1024)
                        for n in ("student_0", "student_1", "fusion")}
-        info = {n: read_model(fx.model(n)) for n in self.interp}
-        self.q = {n: QParams(i.outputs[0].scale, i.outputs[0].zero_point) for n, i in info.items()}
-        self.q["fusion_in"] = QParams(info["fusion"].inputs[0].scale,
-                                      info["fusion"].inputs[0].zero_point)
+        info = {n: parse_tflite(fx.model(n)) for n in self.interp}
+        self.q = {n: QParams(*qparams(i.output_tensors()[0])) for n, i in info.items()}
+        self.q["fusion_in"] = QParams(*qparams(info["fusion"].input_tensors()[0]))
 
     def run(self, name: str, x: np.ndarray) -> np.ndarray:
         it = self.interp[name]

@@ -11,10 +11,11 @@ from hypothesis import strategies as st
 # module-scoped fixtures (compiled drivers) are safe to share between examples
 FIXTURES_OK = [HealthCheck.function_scoped_fixture]
 
-from firmware_bridge.model import read_model
 from nonn_tflite.live import protocol
 from nonn_tflite.live.device import ReplayGuard
 from nonn_tflite.live.models import QParams, image_to_input
+from nonn_tflite.profile import qparams
+from nonn_tflite.tflite_model import parse_tflite
 
 DEP = protocol.deployment_id("digits-k2")
 
@@ -34,7 +35,7 @@ def device(request, cc, c_drivers, esp32_fw, linux_fw):
 def student(run):
     from tflite_micro import runtime
 
-    info = read_model(run.model("student_1"))
+    info = parse_tflite(run.model("student_1"))
     interp = runtime.Interpreter.from_bytes(run.model("student_1"), arena_size=64 * 1024)
 
     def infer(x: np.ndarray) -> np.ndarray:
@@ -42,8 +43,8 @@ def student(run):
         interp.invoke()
         return interp.get_output(0).reshape(-1)
 
-    q_in = QParams(info.inputs[0].scale, info.inputs[0].zero_point)
-    q_out = QParams(info.outputs[0].scale, info.outputs[0].zero_point)
+    q_in = QParams(*qparams(info.input_tensors()[0]))
+    q_out = QParams(*qparams(info.output_tensors()[0]))
     return infer, q_in, q_out
 
 

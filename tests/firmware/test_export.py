@@ -12,8 +12,8 @@ import pytest
 from click.testing import CliRunner
 
 from firmware_bridge import TARGETS, export_project
-from firmware_bridge.arena import align, measure_arena
 from nonn_tflite.errors import BoardFitError, ModelFileError, RunDirError, UsageError
+from nonn_tflite.profile import ARENA_MARGIN_RULE, align, arena_with_margin, measure_arena
 
 STUBS = Path(__file__).parent / "stubs"
 HAVE_MOSQUITTO_H = Path("/usr/include/mosquitto.h").is_file()
@@ -138,7 +138,7 @@ def test_arena_is_measured_when_neither_json_states_it(run, tmp_path):
     (run_dir / "tflite" / "report.json").unlink()
     fw = export_project(run_dir, "linux", tmp_path / "fw")
     measured = fw.project("device_0").arena_measured
-    assert measured == measure_arena(run.model("student_0"))
+    assert measured == measure_arena(run.model("student_0")).arena_bytes
     assert "measured (TFLM bisection)" in (fw.project("device_0").path / "README.md").read_text()
 
 
@@ -151,19 +151,19 @@ def test_a_plain_arena_bytes_counts_as_the_host_measurement(run, tmp_path):
         3000, align(3000 + 2048))
 
 
-def test_margin_is_the_rule_the_conversion_report_uses():
-    from nonn_tflite.profile import arena_with_margin
-
-    margin = TARGETS["esp32-platformio"].margin
+def test_the_margin_rule_is_the_one_readmes_state(esp32_fw):
+    """+25 %, at least 2,048 B, 16-byte aligned: what arena_with_margin does and docs say."""
     for measured in (0, 100, 2_000, 8_191, 8_192, 123_457):
-        assert margin.apply(measured) == arena_with_margin(measured)
+        assert arena_with_margin(measured) == align(measured + max(2048, -(-measured // 4)))
+    rule = "+25% (at least 2,048 B), rounded up to 16 B"
+    assert ARENA_MARGIN_RULE == rule and rule in (esp32_fw.out / "README.md").read_text()
 
 
 def test_measured_arena_is_the_smallest_that_works(run):
     from tflite_micro import runtime
 
     data = run.model("student_1")
-    n = measure_arena(data)
+    n = measure_arena(data).arena_bytes
     runtime.Interpreter.from_bytes(data, arena_size=n)
     with pytest.raises(RuntimeError):
         runtime.Interpreter.from_bytes(data, arena_size=n - 16)

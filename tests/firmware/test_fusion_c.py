@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 
 from firmware_bridge.cfusion import fc_layers, params_crc32, quantize_multiplier
-from firmware_bridge.model import read_model
 from nonn_tflite.errors import ModelFileError
 from nonn_tflite.live import protocol
+from nonn_tflite.tflite_model import parse_tflite
 
 DEP = protocol.deployment_id("digits-k2")
 TIMEOUT_MS = 500
@@ -97,7 +97,7 @@ def test_fusion_node_rejects_frames_it_cannot_use(fusion, frame, reason):
 
 def test_params_crc_in_c_matches_python(esp32_fw, run):
     header = (esp32_fw.project("fusion").path / "src" / "fusion_model.h").read_text()
-    crc = params_crc32(fc_layers(read_model(run.model("fusion"))))
+    crc = params_crc32(fc_layers(parse_tflite(run.model("fusion"))))
     assert f"NONN_FUSION_PARAMS_CRC32 0x{crc:08X}u" in header
 
 
@@ -124,4 +124,4 @@ def test_quantize_multiplier_follows_tflm(real, expected):
 
 def test_a_fusion_with_other_ops_is_refused_for_c(run):
     with pytest.raises(ModelFileError, match="CONV_2D"):
-        fc_layers(read_model(run.model("student_0")))
+        fc_layers(parse_tflite(run.model("student_0")))

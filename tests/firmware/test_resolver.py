@@ -75,5 +75,5 @@ def test_an_op_tflm_cannot_register_is_refused_with_its_name():
 
 
 def test_a_file_that_is_not_a_flatbuffer_is_refused():
-    with pytest.raises(ModelFileError, match="not a .tflite"):
+    with pytest.raises(ModelFileError, match="not a valid TFLite model"):
         ops_of(b"\x00" * 64)

@@ -3,8 +3,9 @@
 It reuses the convert tests' hand-made digits run (teacher, partition, students, fusion as the
 pipeline lays them out), converts it with the real ``convert_run`` (deployment.json,
 test_sample.npz, report.json/.md/.csv/.png) and draws partition.png with the real partition
-code (the run's own partition over the teacher's filter network). One run serves both the live demo and the HTML report.
-About 20 s on 2 cores; run in a subprocess so the pytest process never imports TensorFlow.
+code (the run's own partition over the teacher's filter network). One run serves both the
+live demo and the HTML report. About 20-30 s on 2 cores; run in a subprocess so that the
+pytest process never imports TensorFlow.
 """
 
 from __future__ import annotations

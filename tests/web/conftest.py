@@ -7,6 +7,7 @@ Everything listens on 127.0.0.1, and every process a test starts is killed on te
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import json
 import shutil
@@ -63,10 +64,8 @@ def procs():
             p.kill()
             p.wait(10)
         for kid in kids:
-            try:
+            with contextlib.suppress(psutil.NoSuchProcess):
                 kid.kill()
-            except psutil.NoSuchProcess:
-                pass
 
 
 @pytest.fixture(scope="session")
@@ -115,10 +114,8 @@ def _kill_tree(proc) -> None:
     except psutil.NoSuchProcess:
         kids = []
     for p in [*kids, proc]:
-        try:
+        with contextlib.suppress(psutil.NoSuchProcess, ProcessLookupError):
             p.kill()
-        except (psutil.NoSuchProcess, ProcessLookupError):
-            pass
 
 
 # ---- helpers ------------------------------------------------------------------------------

@@ -81,3 +81,18 @@ def test_help_names_every_option():
         assert option in demo
     report = runner.invoke(main, ["report", "--help"]).output
     assert "--html" in report and "--out" in report
+
+
+def test_demo_web_options_are_checked_before_anything_starts(web_run):
+    import socket
+
+    runner = CliRunner()
+    result = runner.invoke(main, ["demo", str(web_run), "--port", "9000"])
+    assert result.exit_code == 2 and "--host and --port are options of --web" in result.output
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        result = runner.invoke(main, ["demo", str(web_run), "--web", "--port", str(port)])
+    assert result.exit_code == 1 and result.output.count("\n") == 1
+    assert f"port {port} on 127.0.0.1 is in use" in result.output

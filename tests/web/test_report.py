@@ -27,7 +27,8 @@ def test_default_output_is_run_slash_report_html(web_run, tmp_path):
 
 
 def test_missing_or_empty_run_is_one_line_error(tmp_path):
-    for path, message in ((tmp_path / "nope", "run directory"), (tmp_path, "no tflite/report.json")):
+    for path, message in ((tmp_path / "nope", "run directory"),
+                          (tmp_path, "no tflite/report.json")):
         result = _invoke(str(path), "--html")
         assert result.exit_code == 2, result.output
         assert result.output.startswith("Error: ") and result.output.count("\n") == 1
@@ -54,7 +55,8 @@ def test_without_html_the_terminal_table(web_run):
 
 
 def test_markdown_subset_is_escaped():
-    html = markdown_to_html("# T <b>\n\n| a | b |\n|---|---|\n| `x<y` | 2 |\n\n- item\n\n    code <\n")
+    html = markdown_to_html("# T <b>\n\n| a | b |\n|---|---|\n| `x<y` | 2 |\n\n- item\n\n"
+                            "    code <\n")
     assert "<h2>T &lt;b&gt;</h2>" in html and "<td><code>x&lt;y</code></td>" in html
     assert "<li>item</li>" in html and "<pre><code>code &lt;</code></pre>" in html
     assert "<b>" not in html

@@ -50,7 +50,7 @@ def test_sse_pushes_json_snapshots_and_an_end_event(served, helpers):
 
     state.on_message(Topics(NAME).status("device-1"), b"online")  # pushed, not polled
     t0 = time.monotonic()
-    for event, data, _ in events:
+    for _, data, _ in events:
         if json.loads(data)["devices"][1]["status"] == "online":
             break
     assert time.monotonic() - t0 < 1.0

@@ -1,0 +1,1 @@
+"""Fuzz harnesses for hostile inputs (wire frames, corrupted models); see fuzz/README.md."""
