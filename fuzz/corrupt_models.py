@@ -9,7 +9,9 @@ types, buffer and tensor indices, opcodes, quantisation, op options). It goes th
 * ``arena``: :func:`nonn_tflite.profile.measure_arena`, convert's measurement path, fed
   directly (its child must refuse what it cannot verify);
 * ``device``: the device node's model loading, :class:`~nonn_tflite.live.models.StudentRunner`,
-  and one inference on a real image.
+  and one inference on a real image;
+* ``raw_tflm`` (only with ``--baseline``): the TFLM Python interpreter in-process on the
+  unverified bytes, what the toolkit never does; it shows what the gate and the child prevent.
 
 Outcomes: ``clean_error`` (a one-line NonnError), ``valid`` (loads and runs), ``crash`` (the
 process died: a signal or an abort) and ``unhandled`` (another exception escaped, or the error
@@ -34,11 +36,12 @@ import tempfile
 import threading
 import time
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 TARGETS = ("inspect", "arena", "device")
+BASELINE = "raw_tflm"
 OUTCOMES = ("clean_error", "valid", "crash", "unhandled")
 KINDS = ("truncate", "header", "offset", "bytes", "weights", "field", "field", "multi")
 CASE_TIMEOUT_S = 120.0  # per case and worker; a hang counts as a crash
@@ -259,30 +262,76 @@ def run_device(path: Path, deployment_dir: Path) -> tuple[str, str]:
     return "valid", f"vector of {first.width}"
 
 
+def run_raw_tflm(path: Path) -> tuple[str, str]:
+    """The baseline: TFLM on unverified bytes in this process (a crash kills the worker)."""
+    import numpy as np
+    from tflite_micro import runtime
+
+    try:
+        it = runtime.Interpreter.from_bytes(path.read_bytes(), arena_size=256 << 10)
+        details = it.get_input_details(0)
+        it.set_input(np.zeros(details["shape"], details["dtype"]), 0)
+        it.invoke()
+    except Exception as exc:  # noqa: BLE001 - refusing is fine; dying is what we count
+        return "clean_error", f"{type(exc).__name__}: {str(exc).strip()[:200]}"
+    return "valid", "ran"
+
+
+RUNNERS = {"inspect": run_inspect, "arena": run_arena, "raw_tflm": run_raw_tflm}
+
+
 def _classify_error(exc: Exception) -> tuple[str, str]:
     text = str(exc)
     return ("clean_error" if text and "\n" not in text else "unhandled"), text[:300]
 
 
-def _worker(args: argparse.Namespace) -> int:
-    """Run cases [start, stop) of a batch; one JSON line before and after every target."""
+# ---- what to run -----------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Plan:
+    """The cases (corruptions of ``model``, or given ``files``) and the targets to run."""
+
+    model: str
+    deployment: str
+    seed: int = 0
+    files: tuple[str, ...] = ()
+    targets: tuple[str, ...] = TARGETS
+
+    def source(self) -> Corrupter | FileCases:
+        if self.files:
+            return FileCases(self.files)
+        return Corrupter(Path(self.model).read_bytes(), self.seed)
+
+
+class FileCases:
+    """Given files as cases (regression files, or the tests' hand-made killers)."""
+
+    def __init__(self, files: tuple[str, ...]) -> None:
+        self.files = [Path(f) for f in files]
+
+    def case(self, i: int) -> tuple[str, bytes, str]:
+        return "file", self.files[i].read_bytes(), self.files[i].name
+
+
+def _run_target(target: str, path: Path, plan: Plan) -> tuple[str, str]:
+    if target == "device":
+        return run_device(path, Path(plan.deployment))
+    return RUNNERS[target](path)
+
+
+def _worker(plan_file: Path, start: int, stop: int, skip: int) -> int:
+    """Run cases [start, stop); one JSON line before and after every (case, target)."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    good = Path(args.model).read_bytes()
-    corrupter = Corrupter(good, args.seed)
+    plan = Plan(**json.loads(plan_file.read_text()))
+    source = plan.source()
     tmp = Path(tempfile.mkdtemp(prefix="nonn-fuzz-"))
-    for i in range(args.start, args.stop):
-        kind, data, what = corrupter.case(i)
+    for i in range(start, stop):
+        kind, data, what = source.case(i)
         path = tmp / f"case-{i}.tflite"
         path.write_bytes(data)
-        first = args.skip_targets if i == args.start else 0
-        for target in TARGETS[first:]:
+        for target in plan.targets[skip if i == start else 0:]:
             _emit({"case": i, "target": target, "event": "start"})
-            if target == "inspect":
-                outcome, detail = run_inspect(path)
-            elif target == "arena":
-                outcome, detail = run_arena(path)
-            else:
-                outcome, detail = run_device(path, Path(args.deployment))
+            outcome, detail = _run_target(target, path, plan)
             _emit({"case": i, "target": target, "event": "done", "kind": kind, "what": what,
                    "outcome": outcome, "detail": detail})
         path.unlink()
@@ -298,8 +347,9 @@ def _emit(record: dict) -> None:
 
 @dataclass
 class Results:
-    """Every (case, target) outcome, and the cases that killed a worker."""
+    """Every (case, target) outcome, including the cases that killed a worker."""
 
+    targets: tuple[str, ...] = TARGETS
     records: list[dict] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -308,29 +358,36 @@ class Results:
             self.records.append(record)
 
     def table(self) -> list[dict]:
-        """One row per target (and a ``case`` row: the worst outcome of each case)."""
-        per = {t: Counter() for t in TARGETS}
+        """One row per target, then the worst outcome of each case over the toolkit's targets."""
+        per = {t: Counter() for t in self.targets}
         worst: dict[int, str] = {}
         rank = {o: n for n, o in enumerate(("valid", "clean_error", "unhandled", "crash"))}
         for r in self.records:
             per[r["target"]][r["outcome"]] += 1
-            old = worst.get(r["case"], "valid")
-            worst[r["case"]] = max(old, r["outcome"], key=rank.__getitem__)
+            if r["target"] != BASELINE:
+                old = worst.get(r["case"], "valid")
+                worst[r["case"]] = max(old, r["outcome"], key=rank.__getitem__)
         rows = [{"target": t, **{o: per[t][o] for o in OUTCOMES}, "total": sum(per[t].values())}
-                for t in TARGETS]
+                for t in self.targets]
         cases = Counter(worst.values())
-        rows.append({"target": "any (worst per case)", **{o: cases[o] for o in OUTCOMES},
-                     "total": len(worst)})
+        rows.append({"target": "any toolkit target (worst per case)",
+                     **{o: cases[o] for o in OUTCOMES}, "total": len(worst)})
         return rows
 
     def by_kind(self) -> list[dict]:
         kinds: dict[str, Counter] = {}
         for r in self.records:
-            kinds.setdefault(r.get("kind", "?"), Counter())[r["outcome"]] += 1
+            if r["target"] != BASELINE:
+                kinds.setdefault(r.get("kind", "?"), Counter())[r["outcome"]] += 1
         return [{"kind": k, **{o: c[o] for o in OUTCOMES}} for k, c in sorted(kinds.items())]
 
-    def failures(self) -> list[dict]:
-        return [r for r in self.records if r["outcome"] in ("crash", "unhandled")]
+    def failures(self, include_baseline: bool = False) -> list[dict]:
+        return [r for r in self.records if r["outcome"] in ("crash", "unhandled")
+                and (include_baseline or r["target"] != BASELINE)]
+
+    def outcome(self, case: int, target: str) -> dict | None:
+        return next((r for r in self.records if r["case"] == case and r["target"] == target),
+                    None)
 
 
 def _describe_death(code: int | None) -> str:
@@ -344,34 +401,33 @@ def _describe_death(code: int | None) -> str:
     return f"exited with code {code} mid-case"
 
 
-def _run_batch(model: Path, deployment: Path, seed: int, start: int, stop: int,
-               results: Results, corrupter: Corrupter, crash_dir: Path | None) -> None:
+def _run_lane(plan: Plan, plan_file: Path, start: int, stop: int, results: Results,
+              crash_dir: Path | None) -> None:
     """Run cases [start, stop) in workers until every (case, target) has an outcome."""
     case, skip = start, 0
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(
+        filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
     while case < stop:
-        cmd = [sys.executable, "-m", "fuzz.corrupt_models", "worker", "--model", str(model),
-               "--deployment", str(deployment), "--seed", str(seed), "--start", str(case),
-               "--stop", str(stop), "--skip-targets", str(skip)]
-        env = {**os.environ, "PYTHONPATH": os.pathsep.join(
-            filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
+        cmd = [sys.executable, "-m", "fuzz.corrupt_models", "worker", str(plan_file),
+               str(case), str(stop), str(skip)]
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
                                 text=True, env=env, cwd=ROOT)
         pending, code = _follow(proc, results, (stop - case) * CASE_TIMEOUT_S)
         if pending is None:
             return
-        kind, data, what = corrupter.case(pending["case"])
+        kind, data, what = plan.source().case(pending["case"])
         results.add({**pending, "event": "done", "kind": kind, "what": what, "outcome": "crash",
                      "detail": _describe_death(code)})
-        if crash_dir is not None:
+        if crash_dir is not None and pending["target"] != BASELINE:
             crash_dir.mkdir(parents=True, exist_ok=True)
-            (crash_dir / f"seed{seed}-case{pending['case']}.tflite").write_bytes(data)
-        t = TARGETS.index(pending["target"]) + 1
-        case, skip = (pending["case"], t) if t < len(TARGETS) else (pending["case"] + 1, 0)
+            (crash_dir / f"seed{plan.seed}-case{pending['case']}.tflite").write_bytes(data)
+        t = plan.targets.index(pending["target"]) + 1
+        case, skip = (pending["case"], t) if t < len(plan.targets) else (pending["case"] + 1, 0)
 
 
 def _follow(proc: subprocess.Popen, results: Results, timeout_s: float
             ) -> tuple[dict | None, int | None]:
-    """Read a worker's records; (the (case, target) it died in, exit code) or (None, 0)."""
+    """Read a worker's records: (the (case, target) it died in, exit code), or (None, 0)."""
     hung = threading.Event()
 
     def kill() -> None:
@@ -396,81 +452,84 @@ def _follow(proc: subprocess.Popen, results: Results, timeout_s: float
         code = proc.wait()
     if pending is None and code == 0:
         return None, 0
-    if pending is None:  # died between cases (should not happen): nothing to attribute
+    if pending is None:  # died between cases: nothing to attribute it to
         raise RuntimeError(f"fuzz worker {_describe_death(code)} outside any case")
     return pending, None if hung.is_set() else code
 
 
-def run_cases(model: Path, deployment: Path, count: int, seed: int = 0, jobs: int = 2,
-              crash_dir: Path | None = None) -> Results:
-    """Run ``count`` corruptions of ``model`` (a student of ``deployment``) in ``jobs`` lanes."""
-    corrupter = Corrupter(Path(model).read_bytes(), seed)
-    results = Results()
+def run_cases(plan: Plan, count: int, jobs: int = 2, crash_dir: Path | None = None) -> Results:
+    """Run cases 0..count-1 of ``plan`` in ``jobs`` lanes of worker processes."""
+    results = Results(plan.targets)
     jobs = max(1, min(jobs, count))
     bounds = [count * j // jobs for j in range(jobs + 1)]
-    lanes = [threading.Thread(target=_run_batch, args=(Path(model), Path(deployment), seed,
-                                                        bounds[j], bounds[j + 1], results,
-                                                        corrupter, crash_dir))
-             for j in range(jobs)]
-    for lane in lanes:
-        lane.start()
-    for lane in lanes:
-        lane.join()
+    with tempfile.TemporaryDirectory(prefix="nonn-fuzz-plan-") as tmp:
+        plan_file = Path(tmp) / "plan.json"
+        plan_file.write_text(json.dumps(asdict(plan)))
+        lanes = [threading.Thread(target=_run_lane, args=(plan, plan_file, bounds[j],
+                                                          bounds[j + 1], results, crash_dir))
+                 for j in range(jobs)]
+        for lane in lanes:
+            lane.start()
+        for lane in lanes:
+            lane.join()
+    results.records.sort(key=lambda r: (r["case"], plan.targets.index(r["target"])))
     return results
 
 
-def _print(results: Results, seconds: float) -> None:
-    print(f"{'target':<22}" + "".join(f"{o:>12}" for o in OUTCOMES) + f"{'total':>8}")
+def format_table(results: Results) -> str:
+    lines = [f"{'target':<38}" + "".join(f"{o:>12}" for o in OUTCOMES) + f"{'total':>8}"]
     for row in results.table():
-        print(f"{row['target']:<22}" + "".join(f"{row[o]:>12}" for o in OUTCOMES)
-              + f"{row['total']:>8}")
-    for f in results.failures()[:20]:
-        print(f"  case {f['case']} {f['target']} {f['outcome']}: {f['what']} -> {f['detail']}")
-    print(f"{seconds:.0f} s")
+        lines.append(f"{row['target']:<38}" + "".join(f"{row[o]:>12}" for o in OUTCOMES)
+                     + f"{row['total']:>8}")
+    return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["worker"]:
+        return _worker(Path(argv[1]), int(argv[2]), int(argv[3]), int(argv[4]))
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    sub = ap.add_subparsers(dest="mode")
-    w = sub.add_parser("worker", help="(internal) run cases in this process")
-    for p in (ap, w):
-        p.add_argument("--model", help="Student .tflite to corrupt (default: build the "
-                                       "tests' tiny deployment and use its student 0).")
-        p.add_argument("--deployment", help="Its run directory (deployment.json).")
-        p.add_argument("--seed", type=int, default=0)
-    w.add_argument("--start", type=int, required=True)
-    w.add_argument("--stop", type=int, required=True)
-    w.add_argument("--skip-targets", type=int, default=0)
+    ap.add_argument("--model", help="Student .tflite to corrupt (default: build a synthetic "
+                                    "2-student deployment and use its student 0).")
+    ap.add_argument("--deployment", help="The model's run directory (deployment.json).")
+    ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--count", type=int, default=int(os.environ.get("NONN_FUZZ_MODELS", "1000")))
     ap.add_argument("--jobs", type=int, default=2)
+    ap.add_argument("--baseline", action="store_true",
+                    help="Also run raw TFLM in-process on every case (what the gate prevents).")
     ap.add_argument("--json", type=Path, help="Write the table and every failure here.")
     ap.add_argument("--crash-dir", type=Path, help="Keep the files of crashing cases here.")
     args = ap.parse_args(argv)
-    if args.mode == "worker":
-        return _worker(args)
     model, deployment = _inputs(args)
+    targets = TARGETS + ((BASELINE,) if args.baseline else ())
+    plan = Plan(str(model), str(deployment), args.seed, targets=targets)
     t0 = time.monotonic()
-    results = run_cases(model, deployment, args.count, args.seed, args.jobs, args.crash_dir)
+    results = run_cases(plan, args.count, args.jobs, args.crash_dir)
     seconds = time.monotonic() - t0
-    _print(results, seconds)
+    print(format_table(results))
+    for f in results.failures()[:20]:
+        print(f"  case {f['case']} {f['target']} {f['outcome']}: {f['what']} -> {f['detail']}")
+    print(f"{args.count} cases, seed {args.seed}, {seconds:.0f} s")
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps({
-            "model": str(model), "count": args.count, "seed": args.seed, "seconds": seconds,
+            "command": "python -m fuzz.corrupt_models " + " ".join(argv),
+            "model": str(model), "model_bytes": Path(model).stat().st_size,
+            "count": args.count, "seed": args.seed, "seconds": round(seconds, 1),
             "table": results.table(), "by_kind": results.by_kind(),
-            "failures": results.failures()}, indent=2) + "\n")
-    bad = sum(r["crash"] + r["unhandled"] for r in results.table()[:-1])
-    return 1 if bad else 0
+            "failures": results.failures(), "baseline_failures":
+                [r for r in results.failures(True) if r["target"] == BASELINE]}, indent=2) + "\n")
+    return 1 if results.failures() else 0
 
 
 def _inputs(args: argparse.Namespace) -> tuple[Path, Path]:
-    """The model and deployment to corrupt; builds the tests' tiny deployment if none given."""
+    """The model and deployment to corrupt; builds a synthetic deployment if none is given."""
     if args.model and args.deployment:
         return Path(args.model), Path(args.deployment)
-    out = Path(tempfile.mkdtemp(prefix="nonn-fuzz-run-")) / "digits-k2"
-    subprocess.run([sys.executable, str(ROOT / "tests" / "live" / "conftest.py"), str(out)],
-                   check=True, capture_output=True, cwd=ROOT, timeout=600)
+    from fuzz.synthetic import build_in_subprocess
+
+    out = build_in_subprocess(Path(tempfile.mkdtemp(prefix="nonn-fuzz-run-")) / "k2", students=2)
     return out / "tflite" / "student_0.tflite", out
 
 

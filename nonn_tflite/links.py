@@ -54,3 +54,82 @@ def split_latency_ms(piece_compute_ms: list[float], cut_bytes: list[int], link: 
 
 def offload_latency_ms(image_bytes: int, server_ms: float, link: Link) -> float:
     return link.transfer_ms(image_bytes + HEADER_BYTES) + server_ms
+
+
+# -- split computing: where a teacher can be cut, and what each cut ships --------------------
+
+@dataclass(frozen=True)
+class Cut:
+    layer: str
+    shape: tuple[int, ...]  # activation shape without batch
+    macs_before: int  # MACs of everything up to and including this layer
+
+    @property
+    def bytes(self) -> int:
+        """The activation as int8, what the next device must receive."""
+        n = 1
+        for d in self.shape:
+            n *= int(d)
+        return n
+
+
+def layer_macs(layer) -> int:
+    """Multiply-accumulates of a Conv2D / DepthwiseConv2D / Dense layer at batch 1 (else 0)."""
+    kind = type(layer).__name__
+    out = layer.output.shape
+    if kind == "Conv2D":
+        kh, kw, cin, cout = layer.kernel.shape
+        return int(kh * kw * cin * cout * out[1] * out[2])
+    if kind == "DepthwiseConv2D":
+        kh, kw, cin, mult = layer.kernel.shape
+        return int(kh * kw * cin * mult * out[1] * out[2])
+    if kind == "Dense":
+        cin, cout = layer.kernel.shape
+        return int(cin * cout)
+    return 0
+
+
+def cut_points(model) -> list[Cut]:
+    """Layers whose output is the only tensor crossing from everything before to everything
+    after: there a chain of devices can hand over one activation map (block outputs of a
+    ResNet, not the inside of a residual block)."""
+    layers = model.layers
+    producers = [[t._keras_history.operation.name for t in _inputs_of(l)] for l in layers]
+    position = {l.name: i for i, l in enumerate(layers)}
+    total, cuts = 0, []
+    for i, layer in enumerate(layers[:-1]):
+        total += layer_macs(layer)
+        if type(layer).__name__ == "InputLayer":
+            continue
+        crossing = {p for later in producers[i + 1:] for p in later if position[p] <= i}
+        if crossing == {layer.name} and len(layer.output.shape) == 4:
+            cuts.append(Cut(layer.name, tuple(int(d) for d in layer.output.shape[1:]), total))
+    return cuts
+
+
+def _inputs_of(layer) -> list:
+    inp = layer.input
+    if type(layer).__name__ == "InputLayer":
+        return []
+    return list(inp) if isinstance(inp, (list, tuple)) else [inp]
+
+
+def total_macs(model) -> int:
+    return sum(layer_macs(l) for l in model.layers)
+
+
+def balanced_split(cuts: list[Cut], total: int, k: int) -> list[Cut]:
+    """K-1 cuts that split the MACs into K nearly equal consecutive pieces."""
+    chosen: list[Cut] = []
+    for j in range(1, k):
+        target = total * j / k
+        options = [c for c in cuts if c not in chosen and (not chosen or c.macs_before > chosen[-1].macs_before)]
+        if not options:
+            break
+        chosen.append(min(options, key=lambda c: abs(c.macs_before - target)))
+    return chosen
+
+
+def piece_macs(chosen: list[Cut], total: int) -> list[int]:
+    bounds = [0, *(c.macs_before for c in chosen), total]
+    return [b - a for a, b in zip(bounds, bounds[1:])]

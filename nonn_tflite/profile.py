@@ -36,8 +36,9 @@ from pathlib import Path
 import numpy as np
 
 from nonn_tflite.errors import ModelFileError
+from nonn_tflite.intake import verify_bytes, verify_file
 from nonn_tflite.quantize import captured_output, tflm_problems
-from nonn_tflite.tflite_model import TensorInfo, TFLiteModel, op_layer, parse_tflite, read_tflite
+from nonn_tflite.tflite_model import TensorInfo, TFLiteModel, op_layer, parse_tflite
 
 ALIGN = 16
 MAX_CHILDREN = 64  # bisection restarts after crashes; far more than 2 * log2(ARENA_MAX)
@@ -126,7 +127,12 @@ def measure_arena(model: bytes | str | Path, timeout: float = 300.0) -> ArenaRes
     runs in a child; a child that dies on a probe marks that size as too small and a new child
     carries on. A model that kills TFLM at every size up to :data:`ARENA_MAX` is reported as
     malformed (ModelFileError), as is one TFLM refuses outright (a missing op kernel).
+    A file that fails :mod:`nonn_tflite.intake` verification never reaches a child.
     """
+    if isinstance(model, (bytes, bytearray)):
+        verify_bytes(bytes(model))
+    else:
+        verify_file(model)
     with _model_file(model) as path:
         lo, hi, probes, recorded = 0, None, 0, None
         for _ in range(MAX_CHILDREN):
@@ -208,7 +214,7 @@ def _child_bisect(path: str, lo: int, hi: int) -> None:
     """Child side: print 'probe N' before and 'fits N'/'fails N' after each probe, so a crash
     loses nothing; finish with 'done {json}'."""
     buf = Path(path).read_bytes()
-    parse_tflite(buf, Path(path).name)  # never hand TFLM an unverified flatbuffer
+    verify_bytes(buf, Path(path).name)  # never hand TFLM an unverified flatbuffer
     best = hi or None
     while best is None or best - lo > 1:
         size = (lo + best) // 2 if best else min(ARENA_MAX, max(ARENA_START, lo * 4))
@@ -459,8 +465,7 @@ def profile_model(path: str | Path, *, latency_runs: int = DEFAULT_LATENCY_RUNS,
                   parity_inputs: np.ndarray | None = None) -> ModelProfile:
     """Flash, arena, params, MACs, latency (both kernel sets) and, given inputs, parity."""
     path = Path(path)
-    model = read_tflite(path)
-    buf = path.read_bytes()
+    buf, model = verify_file(path)
     arena = measure_arena(path)
     latency = {}
     if latency_runs > 0:
@@ -517,7 +522,7 @@ class Inspection:
 
 def inspect_file(path: str | Path, *, arena: bool = True, latency_runs: int = 0) -> Inspection:
     """Verify the flatbuffer, check TFLM compatibility, then measure (TFLM in a child)."""
-    model = read_tflite(path)  # ModelFileError for anything that is not a sound .tflite
+    buf, model = verify_file(path)  # ModelFileError for anything that is not a sound .tflite
     problems = tflm_problems(model)
     result, error = None, None
     if arena:
@@ -527,7 +532,7 @@ def inspect_file(path: str | Path, *, arena: bool = True, latency_runs: int = 0)
             error = str(exc)
     latency = None
     if latency_runs > 0:
-        latency = measure_latency(Path(path).read_bytes(), latency_runs, "reference")
+        latency = measure_latency(buf, latency_runs, "reference")
     return Inspection(str(path), model, problems, result, error, latency)
 
 

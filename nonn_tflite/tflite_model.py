@@ -318,10 +318,21 @@ def parse_tflite(data: bytes, name: str = "model") -> TFLiteModel:
     outputs = sg.vector(2, "i", "subgraph outputs") or []
     _check_indices(buf, "subgraph inputs/outputs", inputs + outputs, len(tensors), optional=False)
     ops = [_operator(i, t, opcodes, tensors, buf) for i, t in enumerate(sg.tables(3, "operators"))]
+    for n, other in enumerate(subgraphs[1:], start=1):  # IF/WHILE bodies: checked, not kept
+        _verify_subgraph(buf, other, n, opcodes, buffers)
     return TFLiteModel(name=name, size=len(buf.data), schema_version=version,
                        description=model.string(3, "description") or "", tensors=tensors,
                        operators=ops, inputs=inputs, outputs=outputs,
                        num_subgraphs=len(subgraphs), num_buffers=len(buffers), data=buf.data)
+
+
+def _verify_subgraph(buf: _Buf, sg: _Table, n: int, opcodes: list, buffers: list[int]) -> None:
+    """The checks of subgraph 0 on another subgraph: runtimes read every subgraph."""
+    tensors = [_tensor(i, t, buffers, buf) for i, t in enumerate(sg.tables(0, f"subgraph {n} tensors"))]
+    io = (sg.vector(1, "i", f"subgraph {n} inputs") or []) + (sg.vector(2, "i", f"subgraph {n} outputs") or [])
+    _check_indices(buf, f"subgraph {n} inputs/outputs", io, len(tensors), optional=False)
+    for i, t in enumerate(sg.tables(3, f"subgraph {n} operators")):
+        _operator(i, t, opcodes, tensors, buf)
 
 
 def _looks_like_text(data: bytes) -> bool:

@@ -244,6 +244,7 @@ class FusionNode:
         self.decoder = Decoder(deployment.id, deployment.feature_widths,
                                image_size=deployment.image_size,
                                num_classes=deployment.num_classes)
+        self._device_ids = {f"device-{s.id}": s.id for s in deployment.students}
         self.inbox: DropOldestQueue[tuple[str, bytes, float]] = DropOldestQueue(config.queue)
         self.bytes_in = 0
         self.predictions_sent = 0
@@ -309,10 +310,17 @@ class FusionNode:
         return self.core.add_feature(frame, t)
 
     def _status(self, node: str, payload: bytes, t: float) -> list[Frame]:
-        prefix, _, k = node.partition("-")
-        if prefix != "device" or not k.isdigit():
+        # ---- hostile-input fix: "device-²" passed isdigit() and int() then raised in this
+        # worker thread, ending all fusion; any payload but "online" meant offline. Only a
+        # known device's exact name and payload count now; the rest is counted as bad_status.
+        if node.partition("-")[0] != "device":
+            return []  # another kind of node (fusion, source): not ours to act on
+        student = self._device_ids.get(node)
+        if student is None or payload not in (b"online", b"offline"):
+            self.decoder.reject("bad_status")
             return []
-        return self.core.set_online(int(k), payload == b"online", t)
+        return self.core.set_online(student, payload == b"online", t)
+        # ---- end of hostile-input fix
 
     def _publish(self, predictions: list[Frame]) -> None:
         for frame in predictions:

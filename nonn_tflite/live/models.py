@@ -182,20 +182,37 @@ def image_to_input(pixels: np.ndarray, src: QParams, dst: QParams) -> np.ndarray
 # ---- LiteRT runners -----------------------------------------------------------------
 
 def _interpreter(path: Path, xnnpack: bool):
+    """A LiteRT interpreter for a file that passed :mod:`nonn_tflite.intake` verification,
+    checked to be one int8 input and one int8 output (what every node feeds and reads)."""
     from ai_edge_litert.interpreter import Interpreter, OpResolverType
+
+    from nonn_tflite.intake import one_line, verify_file
 
     if not path.is_file():
         raise ModelFileError(f"model file {path} not found")
+    data, model = verify_file(path)  # never hand a runtime an unverified flatbuffer
+    _check_io(model, path)
     # Reference kernels + 1 thread are bit-exact with TFLite Micro (the MCU build); XNNPACK is
     # faster on a Pi but may differ by 1 LSB.
     resolver = OpResolverType.AUTO if xnnpack else OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES
     try:
-        interp = Interpreter(model_path=str(path), num_threads=1,
+        interp = Interpreter(model_content=data, num_threads=1,
                              experimental_op_resolver_type=resolver)
         interp.allocate_tensors()
     except (ValueError, RuntimeError) as exc:
-        raise ModelFileError(f"{path} is not a loadable .tflite model: {exc}") from None
+        raise ModelFileError(f"{path} is not a loadable .tflite model: {one_line(exc)}") from None
     return interp
+
+
+def _check_io(model, path: Path) -> None:
+    """One int8 input and one int8 output, before LiteRT is asked for their details."""
+    if len(model.inputs) != 1 or len(model.outputs) != 1:
+        raise ModelFileError(f"{path}: {len(model.inputs)} inputs and {len(model.outputs)} "
+                             "outputs; a NoNN model has one of each")
+    for what, t in (("input", model.input_tensors()[0]), ("output", model.output_tensors()[0])):
+        if t.dtype != "int8":
+            raise ModelFileError(f"{path}: {what} is {t.dtype}, expected int8 "
+                                 "(full-integer conversion)")
 
 
 def _qparams(detail: Mapping, path: Path, what: str) -> QParams:
@@ -209,7 +226,11 @@ def _qparams(detail: Mapping, path: Path, what: str) -> QParams:
 
 
 class Int8Model:
-    """A one-input, one-output int8 .tflite model; quantisation read from the model itself."""
+    """A one-input, one-output int8 .tflite model; quantisation read from the model itself.
+
+    Loading ends with one trial inference on zeros, so a model that verifies but cannot run
+    fails here, as a ModelFileError at start-up, not later inside a node's worker thread.
+    """
 
     def __init__(self, path: Path, xnnpack: bool = False) -> None:
         self.path = path
@@ -221,6 +242,15 @@ class Int8Model:
         self.input_shape = tuple(int(v) for v in self._in["shape"])
         self.input_size = int(np.prod(self.input_shape))
         self.output_size = int(np.prod(self._out["shape"]))
+        self._trial_run()
+
+    def _trial_run(self) -> None:
+        from nonn_tflite.intake import one_line
+
+        try:
+            self.run(np.zeros(self.input_size, np.int8))
+        except (ValueError, RuntimeError) as exc:
+            raise ModelFileError(f"{self.path} loads but does not run: {one_line(exc)}") from None
 
     def run(self, q_in: np.ndarray) -> np.ndarray:
         """int8 in (any shape with the right size) -> flat int8 out (a copy)."""

@@ -185,8 +185,8 @@ class LiveState:
 
     def on_message(self, topic: str, payload: bytes, t: float = 0.0) -> None:
         """One MQTT message (paho's thread); bad input is counted by the decoder, never raised."""
-        rest = topic[len(self.topics.prefix) + 1:] if topic.startswith(self.topics.prefix) else ""
-        kind, _, name = rest.partition("/")
+        head, _, rest = topic.partition(self.topics.prefix + "/")
+        kind, _, name = rest.partition("/") if not head else ("", "", "")
         handler = {"image": self._on_image, "feature": self._on_feature,
                    "prediction": self._on_prediction, "status": self._on_status,
                    "stats": self._on_stats}.get(kind)

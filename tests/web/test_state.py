@@ -125,6 +125,7 @@ def test_hostile_messages_are_counted_never_raised():
     state.on_message(t.stats("device-0"), b"{not json")
     state.on_message(t.stats("device-0"), b"[1, 2]")
     state.on_message("nonn/other/image", b"x")
+    state.on_message(f"nonn/{NAME}x/image", b"x")  # a deployment whose name starts like ours
     snap = state.snapshot()
     assert snap["rejected"] == 5 and snap["frame"] is None
     assert snap["progress"]["images_seen"] == 0

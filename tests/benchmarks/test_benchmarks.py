@@ -1,0 +1,80 @@
+"""The benchmarks' quick profiles on a tiny synthetic stand-in: the whole path and the JSON
+schema. They claim nothing (the stand-in is random shapes, not CIFAR-10)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _stand_in(folder: Path) -> Path:
+    """16x16 RGB images whose class sets which quadrant is bright: learnable in one epoch."""
+    rng = np.random.default_rng(0)
+    folder.mkdir(parents=True)
+    for name, n in (("train", 360), ("test", 120)):
+        y = np.arange(n) % 4
+        x = rng.integers(0, 60, (n, 16, 16, 3), dtype=np.uint8)
+        for i, c in enumerate(y):
+            r, q = divmod(int(c), 2)
+            x[i, r * 8:(r + 1) * 8, q * 8:(q + 1) * 8] += 150
+        np.savez(folder / f"{name}.npz", x=x, y=y)
+    return folder
+
+
+def _run(script: str, *args: str, env: dict) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(ROOT / "benchmarks" / script), *args], cwd=ROOT,
+                          capture_output=True, text=True, env=env, timeout=1500)
+
+
+@pytest.fixture(scope="module")
+def bench_env(tmp_path_factory):
+    base = tmp_path_factory.mktemp("bench")
+    env = dict(os.environ, NONN_BENCH_RESULTS=str(base / "results"), TF_CPP_MIN_LOG_LEVEL="2")
+    return base, env
+
+
+def test_cifar10_refuses_data_that_is_not_cifar10(bench_env):
+    base, env = bench_env
+    data = _stand_in(base / "refused")
+    out = _run("cifar10.py", "--profile", "quick", "--data-dir", str(data), env=env)
+    assert out.returncode != 0 and "not the real CIFAR-10" in out.stderr
+
+
+def test_cifar10_quick_and_communication_on_a_stand_in(bench_env):
+    base, env = bench_env
+    data = _stand_in(base / "data")
+    work = base / "work"
+    args = ["--profile", "quick", "--data-dir", str(data), "--stand-in", "--work", str(work)]
+    listed = _run("cifar10.py", *args, "--list", env=env)
+    assert listed.returncode == 0 and "todo  nonn-k2" in listed.stdout
+    out = _run("cifar10.py", *args, env=env)
+    assert out.returncode == 0, out.stderr[-3000:]
+    results = Path(env["NONN_BENCH_RESULTS"])
+    doc = json.loads((results / "cifar10-quick.json").read_text())
+    assert doc["claims"] is False and doc["dataset"] == "stand-in" and not doc["missing"]
+    for key in ("machine", "versions", "commit", "wall_seconds", "rows"):
+        assert key in doc
+    names = {r["system"] for r in doc["rows"]}
+    assert {"teacher", "nonn-k2", "nonn-k4", "kd-single", "kdat-single", "fair-total-k4", "resnet8",
+            "random-k4", "contiguous-k4", "nodrop-k4"} <= names
+    for r in doc["rows"]:
+        assert 0.0 <= r["acc_int8"] <= 1.0 and r["flash_kb"] > 0
+    k4 = doc["systems"]["nonn-k4"]
+    assert len(k4["missing_one"]) == 4 and len(k4["students"]) == 4
+    assert (results / "cifar10-quick.md").exists() and (results / "cifar10-quick.png").exists()
+    again = _run("cifar10.py", *args, env=env)  # resumable: every step is skipped now
+    assert again.returncode == 0 and "== " not in again.stdout
+
+    comm = _run("communication.py", "--from", "cifar10-quick-stand-in", "--work", str(work), env=env)
+    assert comm.returncode == 0, comm.stderr[-3000:]
+    cdoc = json.loads((results / "communication-quick-stand-in.json").read_text())
+    row = cdoc["rows"][0]
+    assert row["nonn_bytes"] < row["split_bytes"] and row["offload_bytes"] == 16 * 16 * 3 + 36
