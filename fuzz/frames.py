@@ -1,7 +1,7 @@
 """Hostile MQTT messages for the wire decoder and the nodes' message handlers.
 
 :func:`build_message` turns fuzzer bytes into one (topic, payload) a broker could deliver to a
-fusion or device node: half the time raw bytes, half the time a well-formed frame with chosen
+fusion or device node: a quarter of the time raw bytes, else a frame with chosen
 fields (type, student, dtype, deployment id, seq, timestamp, scale, zero point, length, payload)
 so the fuzzer gets past the magic and deep into the handlers. :class:`NodeProbe` feeds such
 messages to a real :class:`~nonn_tflite.live.fusion.FusionNode` and
@@ -70,10 +70,10 @@ def build_message(data: bytes, deployment: Deployment) -> Message:
     topic = f"{deployment.topics.prefix}/{kind}" + ("" if kind == "image" else f"/{level}")
     if kind == "status":
         payload = (b"online", b"offline", s.take(s.u8() % 16))[s.u8() % 3]
-    elif selector & 4:
+    elif selector & 12 == 12:
         payload = s.rest()
     else:
-        payload = _frame(s, deployment)
+        payload = _frame(s, deployment, 1 if kind == "image" else 2)
     return Message(topic, payload, kind)
 
 
@@ -89,10 +89,10 @@ def _level(s: ByteStream, deployment: Deployment, kind: str) -> str:
     return str(k)
 
 
-def _frame(s: ByteStream, deployment: Deployment) -> bytes:
-    """A header with fuzzer-chosen fields (mostly valid) and a payload of a chosen length."""
-    flags = s.u8()
-    msg_type = s.u8() % 5 if flags & 1 else 2
+def _frame(s: ByteStream, deployment: Deployment, msg_type: int) -> bytes:
+    """A header with fuzzer-chosen fields (each bent with odds 1/4) and a chosen payload."""
+    flags = s.u8() & s.u8()
+    msg_type = s.u8() % 5 if flags & 1 else msg_type
     ids = [spec.id for spec in deployment.students]
     student = s.u8() if flags & 2 else ids[s.u8() % len(ids)]
     widths = deployment.feature_widths

@@ -173,3 +173,11 @@ def test_distill_with_cached_teacher_outputs(tmp_path, tiny_teacher_path):
 
     rows = list(csv.DictReader(open(run / "history_distill.csv")))
     assert float(rows[-1]["loss"]) < float(rows[0]["loss"])  # it trains on the cached outputs
+
+
+def test_library_api_is_importable_without_the_cli_and_light():
+    code = ("import sys; import nonn_tflite as n; "
+            "assert callable(n.run_teacher) and callable(n.partition_filters) and n.DataConfig; "
+            "print('keras' in sys.modules, 'tensorflow' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False False"

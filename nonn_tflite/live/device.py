@@ -131,10 +131,19 @@ class DeviceNode:
         while not self._stop.is_set():
             frame = self.queue.get(timeout=0.1)
             if frame is not None:
-                self._handle(frame)
+                self._guarded(frame)
             if time.monotonic() >= next_stats:
                 self._publish_stats()
                 next_stats = time.monotonic() + self.config.stats_interval_s
+
+    def _guarded(self, image: Frame) -> None:
+        """_handle, except that a frame it cannot process is counted (``handler_error``) and
+        logged instead of ending this worker thread (hostile-input hardening)."""
+        try:
+            self._handle(image)
+        except Exception:  # noqa: BLE001 - the node must outlive any one frame
+            self.decoder.reject("handler_error")
+            log.exception("%s: frame %d could not be processed", self.config.node, image.seq)
 
     def _handle(self, image: Frame) -> None:
         t0 = time.perf_counter()

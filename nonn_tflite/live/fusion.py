@@ -279,7 +279,7 @@ class FusionNode:
             wait = 0.1 if due is None else min(0.1, max(0.0, due - time.monotonic()))
             item = self.inbox.get(timeout=wait)
             if item is not None:
-                self._publish(self._receive(*item))
+                self._publish(self._guarded(*item))
             self._publish(self.core.expire(time.monotonic()))
             if time.monotonic() >= next_stats:
                 self._warn_if_no_claims()
@@ -293,6 +293,16 @@ class FusionNode:
             log.warning("%s: group %s never received an image via $share: does the broker "
                         "support shared subscriptions (amqtt does not)?", self.config.node,
                         self.config.group)
+
+    def _guarded(self, topic: str, payload: bytes, t: float) -> list[Frame]:
+        """_receive, except that a message it cannot handle is counted (``handler_error``) and
+        logged instead of ending this worker thread, and with it all fusion (hostile input)."""
+        try:
+            return self._receive(topic, payload, t)
+        except Exception:  # noqa: BLE001 - the node must outlive any one message
+            self.decoder.reject("handler_error")
+            log.exception("%s: message on %s could not be handled", self.config.node, topic)
+            return []
 
     def _receive(self, topic: str, payload: bytes, t: float) -> list[Frame]:
         self.bytes_in += len(payload)
