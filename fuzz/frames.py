@@ -102,7 +102,7 @@ def _frame(s: ByteStream, deployment: Deployment, msg_type: int) -> bytes:
     dep = s.unpack("I") if flags & 8 else deployment.id
     scale = s.unpack("f") if flags & 16 else 0.02
     zero_point = s.unpack("i") if flags & 32 else -128
-    seq, ts = s.unpack("I") & 0x3FF, s.unpack("Q") if flags & 64 else s.unpack("I")
+    seq, ts = s.unpack("H"), s.unpack("Q") if flags & 64 else s.unpack("I")
     dtype = s.u8() % 4 if flags & 128 else 1
     payload = s.take(length)
     declared = len(payload) if not flags & 4 else s.unpack("H")
@@ -114,7 +114,8 @@ def _frame(s: ByteStream, deployment: Deployment, msg_type: int) -> bytes:
 class NodeProbe:
     """A fusion node and a device node with real models and no broker, fed messages directly."""
 
-    def __init__(self, deployment: Deployment, max_pending: int = 32) -> None:
+    def __init__(self, deployment: Deployment, max_pending: int = 32,
+                 reset_every: int = 2000) -> None:
         self.deployment = deployment
         broker = BrokerConfig()  # never connected: publish() just reports False
         self.fusion = FusionNode(deployment, broker, FusionConfig(deadline_ms=50,
@@ -123,11 +124,25 @@ class NodeProbe:
         self.device = DeviceNode(deployment, broker, DeviceConfig(student=first))
         self.clock = 1000.0
         self.seen = 0
+        self.reset_every = reset_every
+
+    def forget(self) -> None:
+        """Drop what the nodes remember of past frames (counters stay): after one frame with a
+        far-future timestamp every later one is stale, which would hide the fresh-state paths."""
+        core = self.fusion.core
+        core.pending.clear()
+        core.done.clear()
+        core.claims.clear()
+        core.offline.clear()
+        core.high = None
+        self.device.guard.last = None
 
     def feed(self, message: Message) -> str:
         """Hand one message to the node(s) subscribed to its topic; returns the verdict."""
         self.clock += 0.003  # 3 ms per message: deadlines expire as the fuzzer runs
         self.seen += 1
+        if self.seen % self.reset_every == 0:
+            self.forget()
         if message.kind == "image":
             self._feed_device(message)
             return self._feed_fusion(message)

@@ -121,6 +121,7 @@ class ConnectionConfig:
     reconnect_min_s: float = 0.1      # backoff doubles from here ...
     reconnect_max_s: float = 2.0      # ... up to here while the broker is away
     max_queued: int = 64              # paho's own outgoing queue (QoS > 0), bounded
+    qos: int = 0                      # of the subscriptions and of publish() unless given
 
 
 class Connection:
@@ -184,11 +185,14 @@ class Connection:
                 log.debug("offline status not delivered: %s", exc)
         self._halt()
 
-    def publish(self, topic: str, payload: bytes, qos: int = 0, retain: bool = False) -> bool:
-        """Publish; returns False (message dropped) while disconnected: nothing piles up."""
+    def publish(self, topic: str, payload: bytes, qos: int | None = None,
+                retain: bool = False) -> bool:
+        """Publish (QoS ``config.qos`` unless given); returns False (message dropped) while
+        disconnected or when paho's bounded queue is full: nothing piles up."""
         client = self._client
         if client is None or not self.connected.is_set():
             return False
+        qos = self.config.qos if qos is None else qos
         info = client.publish(topic, bytes(payload), qos=qos, retain=retain)
         return info.rc == 0
 
@@ -256,7 +260,7 @@ class Connection:
         if self.connects > 1:
             log.info("reconnected to %s", self.broker.url)
         for topic in self.config.subscriptions:
-            client.subscribe(topic, qos=0)
+            client.subscribe(topic, qos=self.config.qos)
         if self.config.status_topic:
             client.publish(self.config.status_topic, b"online", qos=1, retain=True)
         self.connected.set()
