@@ -12,7 +12,8 @@ reports exact counters when it stops, and the hops must add up:
   received = inferences + queue_dropped + replayed + rejected + errors + leftover;
   inferences = vectors_sent + publish_failed
 * fusion:   vectors sent by all devices = received by fusion + undelivered;
-  predicted = complete + partial; predictions_lost = predicted - predictions at the source
+  predicted = complete + partial = predictions_sent + publish_failed;
+  predictions_sent = predictions at the source + predictions lost on the way
 
 ``unaccounted`` counts frames and messages no counter explains; it must be 0. RSS of every
 process is sampled each second (psutil): start (after warm-up) and end per node. With
@@ -39,7 +40,8 @@ import sys
 import tempfile
 import threading
 import time
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -51,6 +53,7 @@ WARMUP_S = 3.0           # RSS "start" is sampled this long after the first fram
 QUIET_S = 2.5            # drain ends when no prediction arrived for this long ...
 DRAIN_MAX_S = 12.0       # ... or after this long
 START_TIMEOUT_S = 120.0  # 16 Python nodes importing LiteRT on 2 cores take a while
+OUTAGE_TAIL_S = 3.0      # after the broker is back: reconnects, resubscriptions, QoS 1 resends
 RSS_FLAT_MIB = 8.0       # "flat": grew less than this (and less than RSS_FLAT_FRACTION)
 RSS_FLAT_FRACTION = 0.10
 
@@ -62,6 +65,7 @@ class SoakConfig:
     duration_s: float = 60.0
     qos: int = 0
     queue: int = 64          # device queue (drop-oldest)
+    tap_qos: int = 0         # the soak's observer: QoS 0 so that measuring adds no QoS 1 load
     outage: tuple[float, float] | None = None  # (down seconds, at seconds)
     run: str | None = None   # a deployment with `devices` students; default: build one
     profile: str = "full"
@@ -288,12 +292,12 @@ def wait_online(nodes: list[Node], tap: Tap, since: float) -> float:
 
 
 class RssSampler:
-    """psutil RSS of every node (and broker, soak) once a second; notes any node that died."""
+    """psutil RSS of every node (and broker, soak) once a second; notes any node that died.
+    ``procs`` maps a name to a function giving its current pid (mosquitto's changes when an
+    outage restarts it)."""
 
-    def __init__(self, procs: dict[str, int], nodes: list[Node]) -> None:
-        import psutil
-
-        self.procs = {name: psutil.Process(pid) for name, pid in procs.items()}
+    def __init__(self, procs: dict[str, Callable[[], int | None]], nodes: list[Node]) -> None:
+        self.procs = procs
         self.nodes = nodes
         self.samples: dict[str, list[tuple[float, int]]] = {name: [] for name in procs}
         self._stop = threading.Event()
@@ -308,10 +312,10 @@ class RssSampler:
 
         while not self._stop.wait(1.0):
             now = time.monotonic()
-            for name, p in self.procs.items():
+            for name, pid in self.procs.items():
                 try:
-                    self.samples[name].append((now, p.memory_info().rss))
-                except psutil.Error:
+                    self.samples[name].append((now, psutil.Process(pid()).memory_info().rss))
+                except (psutil.Error, TypeError, ValueError):  # gone, or between restarts
                     pass
             for n in self.nodes:
                 if n.died_at is None and n.proc.poll() is not None:
@@ -328,9 +332,11 @@ class RssSampler:
             if not after:
                 continue
             start, end = after[0][1] / 2**20, after[-1][1] / 2**20
+            middle = after[len(after) // 2][1] / 2**20
             rows.append({"node": name, "is_node": name == "fusion" or name.startswith("device"),
                          "rss_start_mib": round(start, 1),
                          "rss_end_mib": round(end, 1), "growth_mib": round(end - start, 2),
+                         "second_half_growth_mib": round(end - middle, 2),
                          "peak_mib": round(max(r for _, r in after) / 2**20, 1),
                          "flat": end - start < max(RSS_FLAT_MIB, RSS_FLAT_FRACTION * start)})
         return rows
@@ -383,7 +389,7 @@ def run_soak(cfg: SoakConfig, workdir: Path | None = None) -> dict:
     broker = start_broker(workdir)
     nodes: list[Node] = []
     try:
-        tap = Tap(dep, broker.url, cfg.qos)
+        tap = Tap(dep, broker.url, cfg.tap_qos)
         tap.conn.start()
         since = time.time()
         nodes = spawn_nodes(cfg, run, broker.url, workdir)
@@ -397,13 +403,14 @@ def run_soak(cfg: SoakConfig, workdir: Path | None = None) -> dict:
 
 
 def _play(cfg, dep, broker, nodes, tap, source, startup_s, workdir) -> dict:
-    procs = {n.name: n.proc.pid for n in nodes}
-    procs.update({"mosquitto": broker.proc.pid, "soak (source+tap)": os.getpid()})
+    procs = {n.name: (lambda pid=n.proc.pid: pid) for n in nodes}
+    procs["mosquitto"] = lambda: broker.proc.pid if broker.proc else None
+    procs["soak (source+tap)"] = os.getpid
     rss = RssSampler(procs, nodes).start()
     stop = threading.Event()
     outage = Outage(broker, *cfg.outage).start(stop) if cfg.outage else None
     first_frame = time.monotonic()
-    frames = int(round(cfg.duration_s * cfg.rate))
+    frames = round(cfg.duration_s * cfg.rate)
     send_s = source.run(frames, cfg.rate, stop)
     if outage:
         outage.join()
@@ -470,37 +477,44 @@ def account(dep, source: Source, tap: Tap, finals: dict, outage: Outage | None,
     published = sum(source.sent_ok)
     predicted = {s for s in source.latency_ms if s < n}
     k_all = {s.id for s in dep.students}
-    no_vector = [s for s in range(n) if source.sent_ok[s] and s not in predicted
-                 and not tap.vectors.get(s)]
-    after_vectors = [s for s in range(n) if source.sent_ok[s] and s not in predicted
-                     and tap.vectors.get(s)]
+    in_window = _outage_window(source, outage)
+    lost = [s for s in range(n) if source.sent_ok[s] and s not in predicted]
+    in_outage = [s for s in lost if s in in_window]
+    no_vector = [s for s in lost if s not in in_window and not tap.vectors.get(s)]
+    after_vectors = [s for s in lost if s not in in_window and tap.vectors.get(s)]
     devices = {name: _device_hop(f, published) for name, f in finals.items()
                if name.startswith("device")}
     fusion = _fusion_hop(finals.get("fusion", {}), devices, len(predicted))
-    window = _outage_window(source, outage)
     broker_dropped = tap.broker_dropped()
     network_lost = (sum(d["undelivered"] for d in devices.values()) + fusion["undelivered"]
                     + fusion["predictions_lost"])
-    allowance = window * (2 * len(k_all) + 1)  # each frame: K images, K vectors, 1 prediction
-    device_loss = min((d["lost"] for d in devices.values()), default=0)
-    fusion_loss = (fusion["queue_dropped"] + fusion["undelivered"] + fusion["predictions_lost"]
-                   + fusion["pending_at_stop"])
+    allowance = len(in_window) * (2 * len(k_all) + 1)  # per frame: K images, K vectors, 1 answer
+    device_loss = min((d["lost"] - d["undelivered"] for d in devices.values()), default=0)
+    fusion_loss = (fusion["queue_dropped"] + fusion["undelivered"] + fusion["publish_failed"]
+                   + fusion["predictions_lost"] + fusion["pending_at_stop"])
     unaccounted = {
-        "frames_no_vector": max(0, len(no_vector) - device_loss),
-        "frames_after_vectors": max(0, len(after_vectors) - fusion_loss),
+        # frames that went out and never came back: a device (every device, for a frame with no
+        # vector at all), the fusion node or the broker must have counted at least that many
+        # (the classes no vector / after vectors come from the tap, which may miss vectors)
+        "frames_lost": max(0, len(no_vector) + len(after_vectors)
+                           - device_loss - fusion_loss - broker_dropped),
+        # messages that vanished between nodes: the broker's own drop count or the outage
         "messages_lost_in_network": max(0, network_lost - broker_dropped - allowance),
         "missing_node_reports": len(k_all) + 1 - len(finals),
-        "frame_identity": n - (len(predicted) + (n - published) + len(no_vector) + len(after_vectors)),
+        "unbalanced_nodes": sum(not h["balanced"] for h in (*devices.values(), fusion)),
     }
+    identity = len(predicted) + (n - published) + len(in_outage) + len(no_vector) + len(after_vectors)
+    unaccounted["frame_identity"] = abs(n - identity)
     return {
         "frames": {"sent": n, "published": published, "unsent": n - published,
                    "predicted": len(predicted), "complete": fusion["complete"],
-                   "partial": fusion["partial"], "dropped_no_vector": len(no_vector),
+                   "partial": fusion["partial"], "lost_in_outage_window": len(in_outage),
+                   "dropped_no_vector": len(no_vector),
                    "dropped_after_vectors": len(after_vectors),
                    "complete_after_outage": _complete_after(source, tap, k_all, outage)},
         "devices": devices, "fusion": fusion,
         "network": {"lost_messages": network_lost, "broker_dropped": broker_dropped,
-                    "frames_published_in_outage_window": window,
+                    "frames_published_in_outage_window": len(in_window),
                     "tap_saw_vectors": tap.messages,
                     "vectors_sent": sum(d["vectors_sent"] for d in devices.values())},
         "unaccounted": unaccounted, "unaccounted_total": sum(unaccounted.values()),
@@ -530,7 +544,8 @@ def _device_hop(f: dict, published: int) -> dict:
 def _fusion_hop(f: dict, devices: dict, predicted_at_source: int) -> dict:
     if not f:
         return {"missing": True, "complete": 0, "partial": 0, "queue_dropped": 0,
-                "undelivered": 0, "predictions_lost": 0, "pending_at_stop": 0}
+                "undelivered": 0, "predictions_lost": 0, "pending_at_stop": 0, "balanced": False,
+                "publish_failed": 0}
     rejected = dict(f.get("rejected", {}))
     vectors_sent = sum(d["vectors_sent"] for d in devices.values())
     # topic_mismatch comes after the decoder accepted a vector; bad_status is no vector at all
@@ -545,26 +560,28 @@ def _fusion_hop(f: dict, devices: dict, predicted_at_source: int) -> dict:
             "late": f["late"], "duplicate": f["duplicate"], "out_of_order": f["out_of_order"],
             "evicted": f["evicted"], "rejected": rejected,
             "predictions_sent": f["predictions_sent"],
-            "predictions_lost": max(0, f["predicted"] - predicted_at_source),
+            "publish_failed": f["predicted"] - f["predictions_sent"],  # paho's queue was full
+            "predictions_lost": max(0, f["predictions_sent"] - predicted_at_source),
             "pending_at_stop": f.get("pending_at_stop", 0), "deadline_ms": f["deadline_ms"],
             "reconnects": f["reconnects"]}
 
 
-def _outage_window(source: Source, outage: Outage | None) -> int:
-    """Frames published (publish() said yes) from 1 s before the broker died until it was
-    back: those can be lost in flight, with no counter but the outage itself."""
+def _outage_window(source: Source, outage: Outage | None) -> set[int]:
+    """Frames published (publish() said yes) from 1 s before the broker died until 3 s after
+    it was back (paho notices a dead socket late, and resends QoS 1 before subscribers are
+    back): those can vanish in flight, and only the outage itself accounts for them."""
     if not outage or outage.t_down is None:
-        return 0
-    end = outage.t_up or time.time()
-    return sum(ok and outage.t_down - 1.0 <= t <= end
-               for ok, t in zip(source.sent_ok, source.sent_at))
+        return set()
+    end = (outage.t_up or time.time()) + OUTAGE_TAIL_S
+    return {s for s, (ok, t) in enumerate(zip(source.sent_ok, source.sent_at))
+            if ok and outage.t_down - 1.0 <= t <= end}
 
 
 def _complete_after(source: Source, tap: Tap, k_all: set[int], outage: Outage | None) -> dict | None:
-    """After an outage (+5 s to reconnect): frames with a vector from every device, predicted."""
+    """After an outage (and its window): frames with a vector from every device, predicted."""
     if not outage or outage.t_up is None:
         return None
-    late = [s for s, t in enumerate(source.sent_at) if t > outage.t_up + 5.0]
+    late = [s for s, t in enumerate(source.sent_at) if t > outage.t_up + OUTAGE_TAIL_S]
     every = {k: sum(k in tap.vectors.get(s, ()) for s in late) for k in k_all}
     return {"frames": len(late), "predicted": sum(s in source.latency_ms for s in late),
             "vectors_per_device_min": min(every.values(), default=0)}
@@ -607,10 +624,14 @@ def summary_rows(doc: dict) -> list[dict]:
         {"figure": "predicted (complete / partial)",
          "value": f"{fr['predicted']} ({fr['complete']} / {fr['partial']})"},
         {"figure": "unsent (broker away)", "value": fr["unsent"]},
+        {"figure": "lost in outage window", "value": fr["lost_in_outage_window"]},
         {"figure": "dropped: no vector / after vectors",
          "value": f"{fr['dropped_no_vector']} / {fr['dropped_after_vectors']}"},
-        {"figure": "device queue drops (all)",
-         "value": sum(d["queue_dropped"] for d in a["devices"].values())},
+        {"figure": "device queue drops / publish failures (all)",
+         "value": f"{sum(d['queue_dropped'] for d in a['devices'].values())} / "
+                  f"{sum(d['publish_failed'] for d in a['devices'].values())}"},
+        {"figure": "fusion queue drops / prediction publish failures",
+         "value": f"{a['fusion']['queue_dropped']} / {a['fusion']['publish_failed']}"},
         {"figure": "messages lost in network / broker says dropped",
          "value": f"{a['network']['lost_messages']} / {a['network']['broker_dropped']}"},
         {"figure": "unaccounted", "value": a["unaccounted_total"]},
@@ -669,6 +690,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--duration", type=float, help="Seconds of sending; default 60, quick 10.")
     ap.add_argument("--qos", type=int, choices=(0, 1), default=0)
     ap.add_argument("--queue", type=int, default=64, help="Device queue length (drop-oldest).")
+    ap.add_argument("--tap-qos", type=int, choices=(0, 1), default=0,
+                    help="QoS of the soak's own observer of all vectors (default 0: measuring "
+                         "should not add QoS 1 load to the system under test).")
     ap.add_argument("--outage", metavar="DOWN@AT", help="Stop mosquitto DOWN s at AT s, e.g. 5@20.")
     ap.add_argument("--quick", action="store_true", help="CI: 4 devices, 10 s.")
     ap.add_argument("--profile", help="Result file name part (default: full, or quick).")
@@ -682,14 +706,20 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     if args.node:
         return node_main(args)
+    signal.signal(signal.SIGTERM, _interrupt)  # a terminated soak still stops broker and nodes
     cfg = SoakConfig(devices=args.devices or (4 if args.quick else 16), rate=args.rate,
                      duration_s=args.duration or (10.0 if args.quick else 60.0), qos=args.qos,
-                     queue=args.queue, outage=parse_outage(args.outage), run=args.run,
+                     queue=args.queue, tap_qos=args.tap_qos, outage=parse_outage(args.outage),
+                     run=args.run,
                      profile=args.profile or ("quick" if args.quick else "full"))
     doc = run_soak(cfg, args.workdir)
     path = write(doc, argv)
     print(f"wrote {path}")
     return 0 if verdict(doc) else 1
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
 
 
 def verdict(doc: dict) -> bool:
@@ -699,8 +729,8 @@ def verdict(doc: dict) -> bool:
     ok = a["unaccounted_total"] == 0 and all(
         not p["died_during_run"] and p["exit_code"] == 0 for p in doc["processes"].values())
     ok = ok and all(r["flat"] for r in doc["rss"] if r["is_node"])
-    if doc["config"]["qos"] == 1 and not doc["config"]["outage"]:
-        ok = ok and a["network"]["lost_messages"] == 0
+    if doc["config"]["qos"] == 1 and not doc["config"]["outage"]:  # the network loses nothing
+        ok = ok and a["network"]["lost_messages"] == 0 and a["network"]["broker_dropped"] == 0
     return ok
 
 

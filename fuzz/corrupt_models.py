@@ -243,8 +243,13 @@ def run_device(path: Path, deployment_dir: Path) -> tuple[str, str]:
     import numpy as np
 
     from nonn_tflite.errors import NonnError
-    from nonn_tflite.live.models import IMAGE_SCALE, IMAGE_ZERO_POINT, QParams, StudentRunner
-    from nonn_tflite.live.models import load_deployment
+    from nonn_tflite.live.models import (
+        IMAGE_SCALE,
+        IMAGE_ZERO_POINT,
+        QParams,
+        StudentRunner,
+        load_deployment,
+    )
 
     dep = load_deployment(deployment_dir)
     first = dataclasses.replace(dep.students[0], file=path.name)

@@ -133,7 +133,6 @@ class NodeProbe:
         core.pending.clear()
         core.done.clear()
         core.claims.clear()
-        core.offline.clear()
         core.high = None
         self.device.guard.last = None
 

@@ -12,7 +12,10 @@ what a runtime would otherwise trust:
   runtime try to allocate gigabytes);
 * quantisation is coherent: scales finite and > 0, zero points inside the type's range, one
   scale per channel along a valid ``quantized_dimension``;
-* no operator writes into a constant tensor, and no model input is constant;
+* names are valid UTF-8 (runtimes decode them strictly);
+* no operator writes into a constant tensor, no model input is constant, and every tensor an
+  operator reads is a model input, a constant, a variable or the output of an earlier operator
+  (LiteRT otherwise fails mid-invoke with "lacks data"; TFLM reads an unwritten buffer);
 * MAC ops have consistent shapes: filter/weight rank, output channels equal to the filter's,
   a bias as long as the output channels, input channels a multiple of the filter's.
 
@@ -88,11 +91,28 @@ def first_problem(model: TFLiteModel) -> str | None:
         problem = _op_problem(model, op)
         if problem is not None:
             return f"operator {op.index} ({op.opcode}) {problem}"
+    return _dataflow_problem(model)
+
+
+def _dataflow_problem(model: TFLiteModel) -> str | None:
+    """Operators run in file order; each must read only what exists by then."""
+    ready = set(model.inputs) | {t.index for t in model.tensors if t.is_constant or t.is_variable}
+    for op in model.operators:
+        missing = [i for i in op.inputs if i >= 0 and i not in ready]
+        if missing:
+            return (f"operator {op.index} ({op.opcode}) reads tensor {missing[0]}, which is "
+                    "no model input, no constant and no output of an earlier operator")
+        ready.update(op.outputs)
+    unwritten = [i for i in model.outputs if i not in ready]
+    if unwritten:
+        return f"model output tensor {unwritten[0]} is never written"
     return None
 
 
 def _tensor_problem(t: TensorInfo) -> str | None:
     where = f"tensor {t.index} ({t.name})"
+    if "\ufffd" in t.name:  # the reader decodes with errors="replace"
+        return f"tensor {t.index} has a name that is not valid UTF-8"
     if t.dtype not in TENSOR_TYPES.values():
         return f"{where} has unknown type code {t.dtype.removeprefix('type')}"
     size = t.numel * DTYPE_BYTES.get(t.dtype, 1)

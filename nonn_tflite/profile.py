@@ -238,11 +238,13 @@ KERNELS = ("reference", "builtin", "default")
 def litert(buf: bytes, kernels: str = "reference", threads: int = 1):
     """A LiteRT interpreter: ``reference`` (BUILTIN_REF), ``builtin`` (optimised builtin kernels,
     no delegate: what the live nodes run) or ``default`` (with the XNNPACK delegate). On int8
-    models the three agree except for occasional 1-LSB rounding differences in some ops."""
+    models the three agree except for occasional 1-LSB rounding differences in some ops.
+    The bytes pass :func:`nonn_tflite.intake.verify_bytes` first, like every model we open."""
     from ai_edge_litert.interpreter import Interpreter, OpResolverType
 
     if kernels not in KERNELS:
         raise ValueError(f"kernels must be one of {KERNELS}, not {kernels!r}")
+    verify_bytes(bytes(buf))
     resolver = {"reference": OpResolverType.BUILTIN_REF,
                 "builtin": OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES,
                 "default": OpResolverType.AUTO}[kernels]
@@ -309,7 +311,10 @@ def measure_latency(buf: bytes, runs: int = DEFAULT_LATENCY_RUNS, kernels: str =
     for i in range(warmup + max(1, runs)):
         it.set_tensor(inp["index"], x)
         t0 = time.perf_counter_ns()
-        it.invoke()
+        try:  # a model LiteRT loads may still fail here: one line, not a traceback
+            it.invoke()
+        except RuntimeError as exc:
+            raise ModelFileError(f"LiteRT cannot run the model: {_one_line(exc)}") from None
         if i >= warmup:
             times.append((time.perf_counter_ns() - t0) / 1e6)
     return LatencyResult(kernels, round(float(np.median(times)), 5),

@@ -141,7 +141,7 @@ class DeviceNode:
         logged instead of ending this worker thread (hostile-input hardening)."""
         try:
             self._handle(image)
-        except Exception:  # noqa: BLE001 - the node must outlive any one frame
+        except Exception:  # the node must outlive any one frame
             self.decoder.reject("handler_error")
             log.exception("%s: frame %d could not be processed", self.config.node, image.seq)
 

@@ -299,7 +299,7 @@ class FusionNode:
         logged instead of ending this worker thread, and with it all fusion (hostile input)."""
         try:
             return self._receive(topic, payload, t)
-        except Exception:  # noqa: BLE001 - the node must outlive any one message
+        except Exception:  # the node must outlive any one message
             self.decoder.reject("handler_error")
             log.exception("%s: message on %s could not be handled", self.config.node, topic)
             return []

@@ -233,10 +233,15 @@ class Int8Model:
     """
 
     def __init__(self, path: Path, xnnpack: bool = False) -> None:
+        from nonn_tflite.intake import one_line
+
         self.path = path
         self._interp = _interpreter(path, xnnpack)
-        self._in = self._interp.get_input_details()[0]
-        self._out = self._interp.get_output_details()[0]
+        try:  # LiteRT decodes names and types strictly here
+            self._in = self._interp.get_input_details()[0]
+            self._out = self._interp.get_output_details()[0]
+        except (ValueError, RuntimeError) as exc:
+            raise ModelFileError(f"{path} is not a loadable .tflite model: {one_line(exc)}") from None
         self.input_q = _qparams(self._in, path, "input")
         self.output_q = _qparams(self._out, path, "output")
         self.input_shape = tuple(int(v) for v in self._in["shape"])

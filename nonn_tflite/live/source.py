@@ -69,11 +69,22 @@ def load_npz(path: Path) -> ImageSet:
         raise DatasetError(f"{path} not found: give --images DIR or --npz FILE "
                            "(an .npz with x uint8 NHWC and y int)")
     try:
-        with np.load(path) as data:
+        # ---- hostile-input fix: never unpickle (explicit, whatever numpy's default), say so
+        # plainly, and refuse a bare .npy/pickle instead of failing with an AttributeError
+        loaded = np.load(path, allow_pickle=False)
+        if not isinstance(loaded, np.lib.npyio.NpzFile):
+            raise DatasetError(f"{path} is not an .npz archive (x uint8 NHWC, y int)")
+        with loaded as data:
             x = np.asarray(data["x"])
             y = np.asarray(data["y"]).astype(np.int64).reshape(-1) if "y" in data else None
-    except (OSError, ValueError, KeyError) as exc:
+    except ValueError as exc:
+        if "pickle" in str(exc).lower() or "object arrays" in str(exc).lower():
+            raise DatasetError(f"{path} holds pickled objects, which are refused for safety; "
+                               "expected x uint8 NHWC and y int") from None
         raise DatasetError(f"{path}: cannot read 'x' (and 'y') arrays: {exc}") from None
+    except (OSError, KeyError) as exc:
+        raise DatasetError(f"{path}: cannot read 'x' (and 'y') arrays: {exc}") from None
+    # ---- end of hostile-input fix
     if y is None:
         y = np.full(len(x), -1, np.int64)
     if len(y) != len(x):

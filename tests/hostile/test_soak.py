@@ -1,0 +1,75 @@
+"""Soak and broker outage through real mosquitto and real node processes (benchmarks/soak.py).
+
+CI sizes: 4 devices x 50 frames/s for 10 s (QoS 1: nothing may be lost), and a 3 s outage.
+benchmarks/results/soak*.json hold the full runs (16 devices, 60 s; a 5 s outage).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.timeout(300)
+
+ROOT = Path(__file__).resolve().parents[2]
+RECONNECT_MAX_S = 2.0  # ConnectionConfig.reconnect_max_s: paho's backoff ceiling
+
+
+def soak(tmp_path: Path, run: Path, *args: str) -> tuple[int, dict, str]:
+    """Run benchmarks/soak.py in a child; (exit code, result document, output)."""
+    env = {**os.environ, "NONN_BENCH_RESULTS": str(tmp_path / "results")}
+    done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "soak.py"), "--run", str(run),
+                           "--workdir", str(tmp_path / "work"), *args],
+                          check=False, capture_output=True, text=True, timeout=240, cwd=ROOT,
+                          env=env)
+    docs = list((tmp_path / "results").glob("soak-*.json"))
+    assert len(docs) == 1, done.stdout[-2000:] + done.stderr[-2000:]
+    return done.returncode, json.loads(docs[0].read_text()), done.stdout
+
+
+def _frames_add_up(f: dict) -> bool:
+    return f["sent"] == (f["predicted"] + f["unsent"] + f["lost_in_outage_window"]
+                         + f["dropped_no_vector"] + f["dropped_after_vectors"])
+
+
+def test_quick_soak_qos1_loses_nothing_and_memory_is_flat(tmp_path, k4_run):
+    code, doc, out = soak(tmp_path, k4_run, "--quick", "--qos", "1")
+    a, f = doc["accounting"], doc["accounting"]["frames"]
+    assert code == 0, out[-3000:]
+    assert doc["config"]["devices"] == 4 and f["sent"] == 500 and _frames_add_up(f)
+    assert f["predicted"] == 500 and f["complete"] == 500 and f["unsent"] == 0
+    assert a["network"]["lost_messages"] == 0 and a["unaccounted_total"] == 0
+    assert all(d["balanced"] and d["undelivered"] == 0 for d in a["devices"].values())
+    assert a["fusion"]["balanced"] and a["fusion"]["predicted"] == 500
+    assert 0 < doc["latency_ms"]["p50"] <= doc["latency_ms"]["p99"] < 5000
+    nodes = {r["node"]: r for r in doc["rss"] if r["is_node"]}
+    assert set(nodes) == {"fusion", "device-0", "device-1", "device-2", "device-3"}
+    assert all(r["flat"] and r["rss_start_mib"] > 10 and r["rss_end_mib"] > 10
+               for r in nodes.values())
+    assert all(p == {"exit_code": 0, "died_during_run": False} for p in doc["processes"].values())
+    assert "unaccounted" in out and "p99" in out.replace("p50 / p99", "p99")
+
+
+def test_broker_outage_every_node_reconnects_and_every_frame_is_accounted(tmp_path, k4_run):
+    code, doc, out = soak(tmp_path, k4_run, "--devices", "4", "--duration", "14", "--qos", "1",
+                          "--outage", "3@4", "--profile", "outage")
+    a, f = doc["accounting"], doc["accounting"]["frames"]
+    assert code == 0, out[-3000:]
+    assert doc["outage"]["t_up"] - doc["outage"]["t_down"] >= 3.0
+    assert a["unaccounted_total"] == 0 and _frames_add_up(f), a["unaccounted"]
+    assert f["unsent"] > 0  # the source saw the broker gone: counted, not queued
+    assert f["predicted"] + f["unsent"] >= 0.95 * f["sent"]
+    for node, r in doc["reconnects"].items():  # backoff brought everyone back, promptly
+        assert r["reconnects"] >= 1, node
+        assert r["seconds_after_broker_back"] is not None
+        assert r["seconds_after_broker_back"] <= RECONNECT_MAX_S + 1.0, (node, r)
+    after = f["complete_after_outage"]  # resubscribed: every device answers every new frame
+    assert after["frames"] > 100 and after["predicted"] == after["frames"]
+    assert after["vectors_per_device_min"] == after["frames"]
+    assert all(not p["died_during_run"] and p["exit_code"] == 0
+               for p in doc["processes"].values())
