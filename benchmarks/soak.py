@@ -652,6 +652,8 @@ def write(doc: dict, argv: list[str]) -> Path:
 
     profile = doc["config"]["profile"]
     full = {**header("soak", profile, ["python", "benchmarks/soak.py", *argv]), **doc}
+    # the measured phases: start-up, sending, drain (building the deployment and stopping excluded)
+    full["wall_seconds"] = round(doc["startup_s"] + doc["send_s"] + doc["drain_s"], 1)
     rows = summary_rows(doc)
     print_table(f"soak ({profile})", rows)
     print_table("RSS per process (MiB)", doc["rss"])
