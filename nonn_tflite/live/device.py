@@ -23,7 +23,7 @@ from nonn_tflite.live.mqtt import (
     make_client_id,
 )
 from nonn_tflite.live.protocol import U32, Decoder, DType, Frame, MsgType, encode
-from nonn_tflite.live.runtime import DropOldestQueue, Window
+from nonn_tflite.live.runtime import DropOldestQueue, Window, WorkerNode
 
 log = logging.getLogger(__name__)
 
@@ -78,7 +78,7 @@ class DeviceCore:
                      q.zero_point)
 
 
-class DeviceNode:
+class DeviceNode(WorkerNode):
     """Subscribes to images, runs the student on a worker thread, publishes features."""
 
     def __init__(self, deployment: Deployment, broker: BrokerConfig, config: DeviceConfig) -> None:
@@ -96,25 +96,11 @@ class DeviceNode:
         self.bytes_sent = 0
         self.publish_failed = 0
         self._lock = threading.Lock()
-        self._stop = threading.Event()
-        self._worker: threading.Thread | None = None
+        self._init_worker()
         self.conn = Connection(broker, ConnectionConfig(
             client_id=config.client_id or make_client_id(config.node),
             subscriptions=(self.topics.image,),
             status_topic=self.topics.status(config.node)), on_message=self._on_message)
-
-    def start(self) -> DeviceNode:
-        self.conn.start()
-        self._worker = threading.Thread(target=self._work, name=self.config.node, daemon=True)
-        self._worker.start()
-        return self
-
-    def stop(self) -> None:
-        self._stop.set()
-        if self._worker is not None:
-            self._worker.join(timeout=5.0)
-        self._publish_stats()
-        self.conn.stop()
 
     def _on_message(self, topic: str, payload: bytes, t: float) -> None:
         frame = self.decoder.decode(payload, expect=MsgType.IMAGE)

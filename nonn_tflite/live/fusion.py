@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 import logging
-import threading
 import time
 from collections import Counter, OrderedDict
 from dataclasses import dataclass, field
@@ -40,7 +39,7 @@ from nonn_tflite.live.protocol import (
     Topics,
     encode,
 )
-from nonn_tflite.live.runtime import DropOldestQueue, Window
+from nonn_tflite.live.runtime import DropOldestQueue, Window, WorkerNode
 
 log = logging.getLogger(__name__)
 
@@ -232,7 +231,7 @@ class FusionCore:
         return [self.prediction(seq, entry.timestamp_us, logits)]
 
 
-class FusionNode:
+class FusionNode(WorkerNode):
     """MQTT around a FusionCore: one receive queue, one thread that owns all state."""
 
     def __init__(self, deployment: Deployment, broker: BrokerConfig,
@@ -249,8 +248,7 @@ class FusionNode:
         self.bytes_in = 0
         self.predictions_sent = 0
         self._warned = False
-        self._stop = threading.Event()
-        self._worker: threading.Thread | None = None
+        self._init_worker()
         subs = [self.topics.features, self.topics.status_all]
         if config.group:
             subs.append(Topics.shared(config.group, self.topics.image))
@@ -258,19 +256,6 @@ class FusionNode:
             client_id=config.client_id or make_client_id(config.node),
             subscriptions=tuple(subs), status_topic=self.topics.status(config.node)),
             on_message=lambda topic, payload, t: self.inbox.put((topic, payload, t)))
-
-    def start(self) -> FusionNode:
-        self.conn.start()
-        self._worker = threading.Thread(target=self._work, name=self.config.node, daemon=True)
-        self._worker.start()
-        return self
-
-    def stop(self) -> None:
-        self._stop.set()
-        if self._worker is not None:
-            self._worker.join(timeout=5.0)
-        self._publish_stats()
-        self.conn.stop()
 
     def _work(self) -> None:
         next_stats = time.monotonic()

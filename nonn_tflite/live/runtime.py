@@ -13,7 +13,7 @@ import signal
 import threading
 import time
 from collections.abc import Iterable
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -79,6 +79,38 @@ class Window:
 def now_us() -> int:
     """Capture timestamps are wall clock (they cross machines); µs since the Unix epoch."""
     return time.time_ns() // 1000
+
+
+class WorkerNode:
+    """Lifecycle shared by the device and fusion nodes: one MQTT connection feeding one worker
+    thread. Subclasses set ``conn``, ``config.node`` and implement ``_work`` and ``_publish_stats``
+    (called once more on stop, so the final counters reach the dashboards)."""
+
+    conn: Any
+    config: Any
+
+    def _init_worker(self) -> None:
+        self._stop = threading.Event()
+        self._worker: threading.Thread | None = None
+
+    def start(self):
+        self.conn.start()
+        self._worker = threading.Thread(target=self._work, name=self.config.node, daemon=True)
+        self._worker.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._worker is not None:
+            self._worker.join(timeout=5.0)
+        self._publish_stats()
+        self.conn.stop()
+
+    def _work(self) -> None:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def _publish_stats(self) -> None:  # pragma: no cover - abstract
+        raise NotImplementedError
 
 
 class StopSwitch:
