@@ -54,6 +54,23 @@ def comm_section() -> list[str]:
             markdown_table(rows, cols)]
 
 
+def live_section() -> list[str]:
+    doc = _load("live-full.json") or _load("live-quick.json")
+    lines = []
+    if doc:
+        cols = ["K", "qos", "rate", "frames", "predicted", "p50_ms", "p99_ms", "offline_ms", "mqtt_overhead_x"]
+        lines += [f"### Live over mosquitto (`{doc['command']}`)", "", markdown_table(doc["rows"], cols)]
+    for name in ("soak", "soak-qos1"):
+        soak = _load(f"{name}.json")
+        if soak:
+            fr, lat = soak["accounting"]["frames"], soak["latency_ms"]
+            lines.append(f"Soak `{soak.get('command', name)}`: {soak['config']['devices']} devices x "
+                         f"{soak['config']['rate']:g} frames/s, QoS {soak['config']['qos']}: {fr['predicted']} of "
+                         f"{fr['sent']} predicted, {soak['accounting']['unaccounted_total']} unaccounted, "
+                         f"p50/p99 {lat['p50']}/{lat['p99']} ms.\n")
+    return lines
+
+
 def partition_section() -> list[str]:
     doc = _load("partition-full.json")
     if not doc:
@@ -68,7 +85,7 @@ def partition_section() -> list[str]:
 def main() -> int:
     readme = ROOT / "README.md"
     text = readme.read_text()
-    body = "\n".join([START, "", *cifar_section(), *comm_section(), *partition_section(), END])
+    body = "\n".join([START, "", *cifar_section(), *comm_section(), *live_section(), *partition_section(), END])
     if START in text and END in text:
         text = text[: text.index(START)] + body + text[text.index(END) + len(END):]
     else:
