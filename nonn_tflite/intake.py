@@ -38,6 +38,7 @@ from nonn_tflite.tflite_model import (
     TensorInfo,
     TFLiteModel,
     builtin_op_names,
+    read_model_bytes,
     parse_tflite,
 )
 
@@ -58,14 +59,8 @@ def verify_bytes(data: bytes, name: str = "model") -> TFLiteModel:
 
 def verify_file(path: str | Path) -> tuple[bytes, TFLiteModel]:
     """(bytes, parsed model) of a verified file; read once, so what was checked is what runs."""
-    p = Path(path)
-    if not p.is_file():
-        raise ModelFileError(f"{p} not found (expected a .tflite file)")
-    try:
-        data = p.read_bytes()
-    except OSError as exc:
-        raise ModelFileError(f"{p} cannot be read ({exc.strerror or exc})") from None
-    return data, verify_bytes(data, str(p))
+    data = read_model_bytes(path)
+    return data, verify_bytes(data, str(path))
 
 
 def one_line(text: str, limit: int = 300) -> str:

@@ -283,16 +283,20 @@ class TFLiteModel:
                              tensor.data_offset).reshape(tensor.shape)
 
 
-def read_tflite(path: str | Path) -> TFLiteModel:
-    """Parse and structurally verify the .tflite file at ``path``."""
+def read_model_bytes(path: str | Path) -> bytes:
+    """The bytes of a .tflite file, or one clear error if it is missing or unreadable."""
     p = Path(path)
     if not p.is_file():
         raise ModelFileError(f"{p} not found (expected a .tflite file)")
     try:
-        data = p.read_bytes()
+        return p.read_bytes()
     except OSError as exc:
-        raise ModelFileError(f"{p} cannot be read ({exc})") from exc
-    return parse_tflite(data, str(p))
+        raise ModelFileError(f"{p} cannot be read ({exc.strerror or exc})") from None
+
+
+def read_tflite(path: str | Path) -> TFLiteModel:
+    """Parse and structurally verify the .tflite file at ``path``."""
+    return parse_tflite(read_model_bytes(path), str(path))
 
 
 def parse_tflite(data: bytes, name: str = "model") -> TFLiteModel:
