@@ -67,7 +67,18 @@ def point(k: int, qos: int, prof: dict, work: Path) -> dict:
             "mqtt_overhead_x": round(doc["latency_ms"]["p50"] / off_ms, 1) if off_ms else None,
             "kept_up": kept_up,
             "max_node_rss_mib": round(max((r["rss_end_mib"] for r in nodes), default=0.0), 1),
-            "max_rss_growth_mib": round(max((r["growth_mib"] for r in nodes), default=0.0), 2)}
+            "max_rss_growth_mib": round(max((r["growth_mib"] for r in nodes), default=0.0), 2),
+            **cpu_figures(nodes)}
+
+
+def cpu_figures(nodes: list[dict]) -> dict:
+    """The fusion node's CPU and the busiest and mean device's (% of one core): the fusion node
+    is the one that grows with K, the devices should not."""
+    devices = [r["cpu_pct"] for r in nodes if r["node"].startswith("device") and r.get("cpu_pct") is not None]
+    fusion = next((r.get("cpu_pct") for r in nodes if r["node"] == "fusion"), None)
+    return {"fusion_cpu_pct": fusion,
+            "max_device_cpu_pct": max(devices, default=None),
+            "mean_device_cpu_pct": round(sum(devices) / len(devices), 1) if devices else None}
 
 
 def plot(rows: list[dict], profile: str) -> None:
@@ -106,7 +117,8 @@ def main(argv: list[str] | None = None) -> int:
     doc = header("live", args.profile, ["python", "benchmarks/live.py", *argv])
     doc.update({"wall_seconds": time.perf_counter() - t0, "rows": rows, "settings": prof})
     cols = ["K", "qos", "rate", "frames", "predicted", "partial", "unaccounted", "live_fps", "p50_ms", "p99_ms",
-            "offline_fps", "offline_ms", "mqtt_overhead_x", "kept_up", "max_node_rss_mib"]
+            "offline_fps", "offline_ms", "mqtt_overhead_x", "kept_up", "max_node_rss_mib",
+            "fusion_cpu_pct", "mean_device_cpu_pct"]
     print_table(f"live MQTT scaling ({args.profile})", rows, cols)
     write_results("live", args.profile, doc, rows, cols,
                   notes="Synthetic K-student digits deployments; one source at `rate` frames/s; all node "

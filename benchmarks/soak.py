@@ -15,8 +15,9 @@ reports exact counters when it stops, and the hops must add up:
   predicted = complete + partial = predictions_sent + publish_failed;
   predictions_sent = predictions at the source + predictions lost on the way
 
-``unaccounted`` counts frames and messages no counter explains; it must be 0. RSS of every
-process is sampled each second (psutil): start (after warm-up) and end per node. With
+``unaccounted`` counts frames and messages no counter explains; it must be 0. RSS and CPU time
+of every process are sampled each second (psutil): RSS at start (after warm-up) and end, CPU as
+the mean % of one core over that window. With
 ``--outage DOWN@AT`` mosquitto is stopped DOWN s at AT s into the run and restarted on the same
 port: every node must reconnect (paho backoff 0.1 s doubling to 2 s), resubscribe, and process
 frames again.
@@ -291,19 +292,21 @@ def wait_online(nodes: list[Node], tap: Tap, since: float) -> float:
     raise RuntimeError(f"nodes not online within {START_TIMEOUT_S:.0f} s")
 
 
-class RssSampler:
-    """psutil RSS of every node (and broker, soak) once a second; notes any node that died.
-    ``procs`` maps a name to a function giving its current pid (mosquitto's changes when an
-    outage restarts it)."""
+class ProcSampler:
+    """psutil RSS and CPU time of every node (and broker, soak) once a second; notes any node
+    that died. ``procs`` maps a name to a function giving its current pid (mosquitto's changes
+    when an outage restarts it). CPU is the mean over the measured window, in % of one core, so
+    a node's share of a 2-core host reads directly."""
 
     def __init__(self, procs: dict[str, Callable[[], int | None]], nodes: list[Node]) -> None:
         self.procs = procs
         self.nodes = nodes
-        self.samples: dict[str, list[tuple[float, int]]] = {name: [] for name in procs}
+        # name -> [(monotonic time, rss bytes, cpu seconds user+system)]
+        self.samples: dict[str, list[tuple[float, int, float]]] = {name: [] for name in procs}
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
-    def start(self) -> RssSampler:
+    def start(self) -> ProcSampler:
         self._thread.start()
         return self
 
@@ -314,7 +317,9 @@ class RssSampler:
             now = time.monotonic()
             for name, pid in self.procs.items():
                 try:
-                    self.samples[name].append((now, psutil.Process(pid()).memory_info().rss))
+                    with (proc := psutil.Process(pid())).oneshot():
+                        cpu = proc.cpu_times()
+                        self.samples[name].append((now, proc.memory_info().rss, cpu.user + cpu.system))
                 except (psutil.Error, TypeError, ValueError):  # gone, or between restarts
                     pass
             for n in self.nodes:
@@ -328,16 +333,22 @@ class RssSampler:
     def table(self, first_frame: float) -> list[dict]:
         rows = []
         for name, samples in self.samples.items():
-            after = [(t, r) for t, r in samples if t >= first_frame + WARMUP_S] or samples
+            after = [s for s in samples if s[0] >= first_frame + WARMUP_S] or samples
             if not after:
                 continue
             start, end = after[0][1] / 2**20, after[-1][1] / 2**20
             middle = after[len(after) // 2][1] / 2**20
+            span = after[-1][0] - after[0][0]
+            # CPU seconds restart with the process (mosquitto after an outage): a drop means a
+            # new process, so its window is not one process's and the figure is left out.
+            used = after[-1][2] - after[0][2]
+            cpu = round(100.0 * used / span, 1) if span > 0 and used >= 0 else None
             rows.append({"node": name, "is_node": name == "fusion" or name.startswith("device"),
                          "rss_start_mib": round(start, 1),
                          "rss_end_mib": round(end, 1), "growth_mib": round(end - start, 2),
                          "second_half_growth_mib": round(end - middle, 2),
-                         "peak_mib": round(max(r for _, r in after) / 2**20, 1),
+                         "peak_mib": round(max(s[1] for s in after) / 2**20, 1),
+                         "cpu_pct": cpu,
                          "flat": end - start < max(RSS_FLAT_MIB, RSS_FLAT_FRACTION * start)})
         return rows
 
@@ -406,7 +417,7 @@ def _play(cfg, dep, broker, nodes, tap, source, startup_s, workdir) -> dict:
     procs = {n.name: (lambda pid=n.proc.pid: pid) for n in nodes}
     procs["mosquitto"] = lambda: broker.proc.pid if broker.proc else None
     procs["soak (source+tap)"] = os.getpid
-    rss = RssSampler(procs, nodes).start()
+    rss = ProcSampler(procs, nodes).start()
     stop = threading.Event()
     outage = Outage(broker, *cfg.outage).start(stop) if cfg.outage else None
     first_frame = time.monotonic()
@@ -656,12 +667,12 @@ def write(doc: dict, argv: list[str]) -> Path:
     full["wall_seconds"] = round(doc["startup_s"] + doc["send_s"] + doc["drain_s"], 1)
     rows = summary_rows(doc)
     print_table(f"soak ({profile})", rows)
-    print_table("RSS per process (MiB)", doc["rss"])
+    print_table("RSS (MiB) and CPU (% of one core) per process", doc["rss"])
     notes = ("Accounting: frames sent = predicted + unsent + dropped (no vector / after vectors); "
              "each drop class is covered by node counters (device queue, publish failures, "
              "fusion queue) or by the broker's own $SYS drop count / the outage window. "
              "'unaccounted' counts what nothing covers.\n\n"
-             + "RSS per process (start after warm-up, end):\n\n" + _rss_md(doc["rss"]))
+             + "RSS (MiB) and CPU (% of one core, mean after warm-up) per process:\n\n" + _rss_md(doc["rss"]))
     path = write_results("soak", profile, full, rows, notes=notes)
     if profile == "full":  # the issue's names: benchmarks/results/soak.json and soak.md
         for ext in ("json", "md"):

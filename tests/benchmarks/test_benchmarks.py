@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -78,3 +79,28 @@ def test_cifar10_quick_and_communication_on_a_stand_in(bench_env):
     cdoc = json.loads((results / "communication-quick-stand-in.json").read_text())
     row = cdoc["rows"][0]
     assert row["nonn_bytes"] < row["split_bytes"] and row["offload_bytes"] == 16 * 16 * 3 + 36
+
+
+def test_partition_quick_recovers_planted_groups(bench_env):
+    base, env = bench_env
+    out = _run("partition.py", "--profile", "quick", env=env)
+    assert out.returncode == 0, out.stderr[-3000:]
+    doc = json.loads((Path(env["NONN_BENCH_RESULTS"]) / "partition-quick.json").read_text())
+    assert {r["filters"] for r in doc["rows"]} == {64, 128}
+    assert all(r["seconds"] > 0 and r["peak_mb"] > 0 and r["recovery"] >= 0.9 for r in doc["rows"])
+
+
+@pytest.mark.skipif(not shutil.which("mosquitto") and not Path("/usr/sbin/mosquitto").exists(),
+                    reason="needs mosquitto (.ci/run installs it)")
+def test_live_quick_through_mosquitto(bench_env):
+    base, env = bench_env
+    out = _run("live.py", "--profile", "quick", "--work", str(base / "live"), env=env)
+    assert out.returncode == 0, out.stderr[-3000:]
+    results = Path(env["NONN_BENCH_RESULTS"])
+    doc = json.loads((results / "live-quick.json").read_text())
+    assert {(r["K"], r["qos"]) for r in doc["rows"]} == {(2, 0), (2, 1), (4, 0), (4, 1)}
+    for r in doc["rows"]:
+        assert r["unaccounted"] == 0 and r["predicted"] > 0.9 * r["frames"]
+        assert 0 < r["p50_ms"] <= r["p99_ms"] and r["offline_ms"] > 0 and r["mqtt_overhead_x"] > 1
+        assert r["max_node_rss_mib"] > 10 and r["fusion_cpu_pct"] > 0 and r["mean_device_cpu_pct"] > 0
+    assert (results / "live-quick.md").exists() and (results / "live-quick.png").exists()

@@ -51,6 +51,8 @@ def test_quick_soak_qos1_loses_nothing_and_memory_is_flat(tmp_path, k4_run):
     assert set(nodes) == {"fusion", "device-0", "device-1", "device-2", "device-3"}
     assert all(r["flat"] and r["rss_start_mib"] > 10 and r["rss_end_mib"] > 10
                for r in nodes.values())
+    # every device runs a model on 50 frames/s: its CPU share is measured, positive, below 2 cores
+    assert all(0 < r["cpu_pct"] < 200 for r in nodes.values()), nodes
     assert all(p == {"exit_code": 0, "died_during_run": False} for p in doc["processes"].values())
     assert "unaccounted" in out and "p99" in out.replace("p50 / p99", "p99")
 
