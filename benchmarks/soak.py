@@ -474,9 +474,9 @@ def _stop_nodes(nodes: list[Node]) -> dict[str, dict]:
 
 
 def build_run(devices: int, out: Path) -> Path:
-    from fuzz.synthetic import build_in_subprocess
+    from nonn_tflite.synthetic import build_in_subprocess, k_students
 
-    return build_in_subprocess(out, students=devices)
+    return build_in_subprocess(out, k_students(devices))
 
 
 # ==== accounting ===============================================================================

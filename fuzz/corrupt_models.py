@@ -532,9 +532,9 @@ def _inputs(args: argparse.Namespace) -> tuple[Path, Path]:
     """The model and deployment to corrupt; builds a synthetic deployment if none is given."""
     if args.model and args.deployment:
         return Path(args.model), Path(args.deployment)
-    from fuzz.synthetic import build_in_subprocess
+    from nonn_tflite.synthetic import build_in_subprocess
 
-    out = build_in_subprocess(Path(tempfile.mkdtemp(prefix="nonn-fuzz-run-")) / "k2", students=2)
+    out = build_in_subprocess(Path(tempfile.mkdtemp(prefix="nonn-fuzz-run-")) / "k2")
     return out / "tflite" / "student_0.tflite", out
 
 

@@ -58,9 +58,9 @@ def _deployment_dir(own: dict) -> Path:
         return Path(own["run"])
     import tempfile
 
-    from fuzz.synthetic import build_in_subprocess
+    from nonn_tflite.synthetic import build_in_subprocess
 
-    return build_in_subprocess(Path(tempfile.mkdtemp(prefix="nonn-atheris-")) / "k2", students=2)
+    return build_in_subprocess(Path(tempfile.mkdtemp(prefix="nonn-atheris-")) / "k2")
 
 
 class Harness:

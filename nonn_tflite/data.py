@@ -90,7 +90,7 @@ def load_dataset(cfg: DataConfig) -> Dataset:
 def _load_raw(cfg: DataConfig):
     spec = cfg.dataset
     if spec == "digits":
-        return ("digits", *_digits(), [str(i) for i in range(10)])
+        return ("digits", *digits_arrays(), [str(i) for i in range(10)])
     if spec == "cifar10":
         return ("cifar10", *_cifar10(cfg.data_dir), list(CIFAR10_CLASSES))
     path = Path(spec).expanduser()
@@ -105,7 +105,7 @@ def _load_raw(cfg: DataConfig):
                        f"train.npz/test.npz, or a folder with train/<class>/*.png and test/<class>/")
 
 
-def _digits():
+def digits_arrays():
     """The real 8x8 handwritten digits bundled with scikit-learn (offline, 1,797 images)."""
     from sklearn.datasets import load_digits
 

@@ -1,8 +1,12 @@
-"""Fixtures shared by the core tests: tiny real models on the embedded digits data."""
+"""Fixtures shared by all tests: tiny real models on the embedded digits data, real brokers,
+subprocess clean-up and the CLI as users run it."""
 
 from __future__ import annotations
 
+import contextlib
 import os
+import subprocess
+import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
@@ -50,3 +54,51 @@ def digits_run(tmp_path_factory):
                                        "--teacher-epochs", "4", "--epochs", "4", "--no-convert", "-q"])
     assert result.exit_code == 0, result.output
     return out
+
+
+# ---- brokers and processes (live, web and hostile tests) -----------------------------------
+
+@pytest.fixture
+def mosquitto(tmp_path):
+    """A fresh mosquitto per test on a free loopback port, so retained status messages never
+    leak between tests."""
+    from nonn_tflite.live.broker import mosquitto_broker
+
+    broker = mosquitto_broker(tmp_path / "mosquitto").start()
+    yield broker
+    broker.stop()
+
+
+@pytest.fixture
+def amqtt_broker(tmp_path):
+    from nonn_tflite.live.broker import embedded_broker
+
+    broker = embedded_broker(workdir=tmp_path).start()
+    yield broker
+    broker.stop()
+
+
+@pytest.fixture
+def procs():
+    """Subprocesses a test starts; they and their children are killed on teardown."""
+    import psutil
+
+    started: list[subprocess.Popen] = []
+    yield started
+    for p in started:
+        try:
+            kids = psutil.Process(p.pid).children(recursive=True)
+        except psutil.NoSuchProcess:
+            kids = []
+        if p.poll() is None:
+            p.kill()
+            p.wait(10)
+        for kid in kids:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                kid.kill()
+
+
+@pytest.fixture(scope="session")
+def cli():
+    """argv for ``nonn-tflite ARGS...`` in a fresh interpreter (as users run it)."""
+    return lambda *args: [sys.executable, "-m", "nonn_tflite.cli", *map(str, args)]

@@ -1,25 +1,25 @@
 """Fixtures for the firmware tests: a tiny real deployment and a host C/C++ compiler.
 
-The deployment is built here (the training pipeline is not a dependency of these tests): two
-small CNN students and a Dense fusion, trained briefly on scikit-learn's 8x8 digits and
-converted to full-integer int8 exactly as docs/ARCHITECTURE.md lays out a run directory.
+The deployment is :mod:`nonn_tflite.synthetic`'s ``DIGITS_K2`` (the training pipeline is not a
+dependency of these tests): two small CNN students and a Dense fusion, trained briefly on the 8x8
+digits and converted to full-integer int8 exactly as docs/ARCHITECTURE.md lays out a run
+directory.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
 import zlib
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import ClassVar
 
 import numpy as np
 import pytest
 
-WIDTHS = (5, 6)
+WIDTHS = (5, 6)  # DIGITS_K2.widths
 DEPLOYMENT = "digits-k2"
 HERE = Path(__file__).parent
 
@@ -38,97 +38,28 @@ class Fixture:
         return (self.tflite / f"{name}.tflite").read_bytes()
 
 
-def _digits() -> tuple[np.ndarray, np.ndarray]:
-    from sklearn.datasets import load_digits
-
-    d = load_digits()
-    images = np.round(d.images * 255 / 16).astype(np.uint8)[..., None]
-    return images, d.target.astype(np.int64)
-
-
-def _student(keras, width: int, name: str):
-    inp = keras.Input((8, 8, 1))
-    h = keras.layers.Conv2D(12, 3, padding="same", activation="relu")(inp)
-    h = keras.layers.Conv2D(width, 1, activation="relu")(h)
-    return keras.Model(inp, keras.layers.GlobalAveragePooling2D()(h), name=name)
-
-
-def _convert(tf, model, representative: np.ndarray) -> bytes:
-    conv = tf.lite.TFLiteConverter.from_keras_model(model)
-    conv.optimizations = [tf.lite.Optimize.DEFAULT]
-    conv.representative_dataset = lambda: ([r[None].astype(np.float32)] for r in representative)
-    conv.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
-    conv.inference_input_type = tf.int8
-    conv.inference_output_type = tf.int8
-    return conv.convert()
-
-
-def _quant(data: bytes, which: str) -> dict:
-    from nonn_tflite.profile import qparams
-    from nonn_tflite.tflite_model import parse_tflite
-
-    model = parse_tflite(data)
-    tensor = (model.input_tensors() if which == "inputs" else model.output_tensors())[0]
-    scale, zero_point = qparams(tensor)
-    return {"scale": scale, "zero_point": zero_point}
-
-
 def build_run(root: Path) -> Fixture:
-    """Train, convert and lay out a two-student run under ``root``."""
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    import keras
-    import tensorflow as tf
-
+    """The tests' two-student deployment (``nonn_tflite.synthetic.DIGITS_K2``) under ``root``,
+    with arena figures placed as ``convert`` writes them."""
     from nonn_tflite.profile import arena_with_margin, measure_arena
+    from nonn_tflite.synthetic import DIGITS_K2, build_in_subprocess
 
-    images, labels = _digits()
-    x = images.astype(np.float32) / 255.0
-    keras.utils.set_random_seed(0)
-    students = [_student(keras, w, f"s{k}") for k, w in enumerate(WIDTHS)]
-    fin = keras.Input((sum(WIDTHS),))
-    fusion = keras.Model(fin, keras.layers.Dense(10)(fin), name="fusion")
-    inp = keras.Input((8, 8, 1))
-    joint = keras.Model(inp, fusion(keras.layers.Concatenate()([s(inp) for s in students])))
-    joint.compile(keras.optimizers.Adam(0.01),
-                  keras.losses.SparseCategoricalCrossentropy(from_logits=True))
-    joint.fit(x, labels, epochs=12, batch_size=64, verbose=0)
-
-    tdir = root / "tflite"
-    tdir.mkdir(parents=True)
-    rep = x[:128]
-    blobs = {f"student_{k}": _convert(tf, s, rep) for k, s in enumerate(students)}
-    feats = np.concatenate([s.predict(rep, verbose=0) for s in students], axis=1)
-    blobs["fusion"] = _convert(tf, fusion, feats)
-    for name, blob in blobs.items():
-        (tdir / f"{name}.tflite").write_bytes(blob)
-
+    tdir = build_in_subprocess(root, replace(DIGITS_K2, board="esp32")) / "tflite"
+    meta = json.loads((tdir / "deployment.json").read_text())
     # Arena numbers reach the exporter as `convert` writes them: deployment.json (student 0:
     # arena_bytes with the 32-bit margin, arena_bytes_host measured), report.json only
     # (student 1), or not at all (fusion: the exporter measures it if a target needs it).
-    arena0 = measure_arena(blobs["student_0"]).arena_bytes
-    arena1 = measure_arena(blobs["student_1"]).arena_bytes
-    meta = {
-        "schema": 1, "deployment": DEPLOYMENT, "num_classes": 10,
-        "class_names": [str(i) for i in range(10)], "input_shape": [8, 8, 1],
-        "students": [
-            {"id": k, "file": f"student_{k}.tflite", "filters": list(range(w)), "width": w,
-             "input": _quant(blobs[f"student_{k}"], "inputs"),
-             "output": _quant(blobs[f"student_{k}"], "outputs"), "board": "esp32",
-             **({"arena_bytes": arena_with_margin(arena0), "arena_bytes_host": arena0}
-                if k == 0 else {})}
-            for k, w in enumerate(WIDTHS)
-        ],
-        "fusion": {"file": "fusion.tflite", "input_width": sum(WIDTHS),
-                   "input": _quant(blobs["fusion"], "inputs"),
-                   "output": _quant(blobs["fusion"], "outputs")},
-        "fusion_input": "requantise",
-    }
+    arena0 = measure_arena((tdir / "student_0.tflite").read_bytes()).arena_bytes
+    arena1 = measure_arena((tdir / "student_1.tflite").read_bytes()).arena_bytes
+    meta["students"][0].update(arena_bytes=arena_with_margin(arena0), arena_bytes_host=arena0)
+    del meta["students"][1]["arena_bytes"]
     (tdir / "deployment.json").write_text(json.dumps(meta, indent=2))
     report = {"students": [{"id": 1, "file": "student_1.tflite", "arena_bytes": arena1,
                             "arena_bytes_32bit": arena_with_margin(arena1),
-                            "flash_bytes": len(blobs["student_1"])}]}
+                            "flash_bytes": (tdir / "student_1.tflite").stat().st_size}]}
     (tdir / "report.json").write_text(json.dumps(report, indent=2))
-    return Fixture(root, images, labels)
+    with np.load(tdir / "test_sample.npz") as z:
+        return Fixture(root, z["x"], z["y"])
 
 
 @pytest.fixture(scope="session")

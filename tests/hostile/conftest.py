@@ -1,7 +1,7 @@
 """Fixtures for the hostile-input tests: a real synthetic int8 deployment and real brokers.
 
 The deployment (4 TFLite-Micro-clean students, Dense fusion) is built once per session in a
-child process (``fuzz.synthetic``, about 15 s), so pytest itself never imports TensorFlow.
+child process (``nonn_tflite.synthetic``, about 15 s), so pytest itself never imports TensorFlow.
 Counts scale with environment variables, so CI runs small and the documented commands run big:
 ``NONN_FUZZ_MODELS`` (corrupted models, default 60), ``NONN_FUZZ_FRAMES`` (hypothesis examples
 per frame property, default 1500).
@@ -25,9 +25,9 @@ STUDENTS = 4
 @pytest.fixture(scope="session")
 def k4_run(tmp_path_factory) -> Path:
     """Run directory of a synthetic 4-student int8 deployment (tflite/deployment.json etc.)."""
-    from fuzz.synthetic import build_in_subprocess
+    from nonn_tflite.synthetic import build_in_subprocess, k_students
 
-    return build_in_subprocess(tmp_path_factory.mktemp("runs") / "synthetic-k4", STUDENTS)
+    return build_in_subprocess(tmp_path_factory.mktemp("runs") / "synthetic-k4", k_students(STUDENTS))
 
 
 @pytest.fixture(scope="session")
@@ -40,13 +40,3 @@ def k4_deployment(k4_run):
 @pytest.fixture(scope="session")
 def student_bytes(k4_run) -> bytes:
     return (k4_run / "tflite" / "student_0.tflite").read_bytes()
-
-
-@pytest.fixture
-def mosquitto(tmp_path):
-    """A fresh mosquitto per test on a free loopback port."""
-    from nonn_tflite.live.broker import mosquitto_broker
-
-    broker = mosquitto_broker(tmp_path / "mosquitto").start()
-    yield broker
-    broker.stop()

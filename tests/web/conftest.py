@@ -39,42 +39,6 @@ def web_run(tmp_path_factory) -> Path:
 
 
 @pytest.fixture
-def mosquitto(tmp_path):
-    """A fresh mosquitto per test, so retained status messages never leak between tests."""
-    from nonn_tflite.live.broker import mosquitto_broker
-
-    broker = mosquitto_broker(tmp_path / "mosquitto").start()
-    yield broker
-    broker.stop()
-
-
-@pytest.fixture
-def procs():
-    """Subprocesses a test starts; they and their children are killed on teardown."""
-    import psutil
-
-    started: list[subprocess.Popen] = []
-    yield started
-    for p in started:
-        try:
-            kids = psutil.Process(p.pid).children(recursive=True)
-        except psutil.NoSuchProcess:
-            kids = []
-        if p.poll() is None:
-            p.kill()
-            p.wait(10)
-        for kid in kids:
-            with contextlib.suppress(psutil.NoSuchProcess):
-                kid.kill()
-
-
-@pytest.fixture(scope="session")
-def cli():
-    """argv for ``nonn-tflite ARGS...`` in a fresh interpreter (as users run it)."""
-    return lambda *args: [sys.executable, "-m", "nonn_tflite.cli", *map(str, args)]
-
-
-@pytest.fixture
 def browser(tmp_path):
     """Headless Debian Chromium via selenium, a fresh profile, a 1920x1080 projector viewport."""
     webdriver = pytest.importorskip("selenium.webdriver", reason="pip install selenium")
