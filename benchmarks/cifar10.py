@@ -23,7 +23,7 @@ import json
 import shutil
 import sys
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -158,7 +158,8 @@ def step_teacher(ctx: Context, sys_: System) -> dict:
 def int8_profile(ctx: Context, keras_path: Path, name: str) -> dict:
     """Convert a single classifier to int8 and measure it as a one-device system."""
     from nonn_tflite.data import load_dataset
-    from nonn_tflite.profile import Int8Runner, images_to_int8, profile_model, qparams
+    from nonn_tflite.int8 import images_to_int8
+    from nonn_tflite.profile import Int8Runner, profile_model, qparams
     from nonn_tflite.quantize import calibration_indices, convert_int8
     from nonn_tflite.data import to_float
     from nonn_tflite.teacher import load_keras_model
@@ -172,7 +173,7 @@ def int8_profile(ctx: Context, keras_path: Path, name: str) -> dict:
     out.write_bytes(buf)
     prof = profile_model(out, latency_runs=ctx.profile.latency_runs)
     tm = parse_tflite(buf, name)
-    x = images_to_int8(ds.x_test, *qparams(tm.input_tensors()[0]))
+    x = images_to_int8(ds.x_test, qparams(tm.input_tensors()[0]))
     logits = Int8Runner(buf)(x)
     return {"accuracy_int8": float(np.mean(np.argmax(logits, -1) == ds.y_test)),
             "flash_bytes": prof.flash_bytes, "arena_bytes": prof.arena_bytes, "macs": prof.macs,
@@ -238,7 +239,7 @@ def step_nonn(ctx: Context, sys_: System) -> dict:
 
 def missing_device_accuracy(run_dir: Path) -> list[float]:
     """int8 system accuracy with each single device missing (its slice zero-filled)."""
-    from nonn_tflite.live.models import load_deployment
+    from nonn_tflite.deployment import load_deployment
     from nonn_tflite.live.offline import OfflineSystem
 
     dep = load_deployment(run_dir)
@@ -261,6 +262,9 @@ def assemble(ctx: Context, all_systems: list[System], argv: list[str], wall: flo
     if "teacher" not in parts:
         print("nothing to assemble yet (no teacher)")
         return
+    latency = side_by_side_latency(ctx, list(parts))
+    for name, ms in latency["ms"].items():
+        parts[name] = {**parts[name], "latency_ms_own_step": parts[name].get("latency_ms"), "latency_ms": ms}
     t = parts["teacher"]
     rows = [_row("teacher", t, t, "teacher")]
     for s in all_systems[1:]:
@@ -268,6 +272,8 @@ def assemble(ctx: Context, all_systems: list[System], argv: list[str], wall: flo
             rows.append(_row(s.name, parts[s.name], t, s.note))
     doc = header("cifar10", ctx.profile_name, argv)
     doc.update({"wall_seconds": wall, "dataset": ctx.dataset, "profile_settings": ctx.profile.__dict__,
+                "latency": latency,
+                "step_seconds": {n: r.get("seconds") for n, r in parts.items()},
                 "claims": ctx.dataset == "cifar10" and ctx.profile_name != "quick", "paper": PAPER,
                 "systems": parts, "rows": rows,
                 "missing": [s.name for s in all_systems if s.name not in parts]})
@@ -276,12 +282,38 @@ def assemble(ctx: Context, all_systems: list[System], argv: list[str], wall: flo
     print_table(f"CIFAR-10 ({ctx.profile_name}, {ctx.dataset}); per-device figures", rows, cols)
     notes = (f"Profile: {ctx.profile.notes}. Per-device budget {ctx.profile.flash_kb} KB flash / "
              f"{ctx.profile.ram_kb} KB arena (estimate; measured figures above). Per-device figures are "
-             "the largest student; `_x` columns are teacher / that. missing_one: int8 accuracy with each "
-             "single device zero-filled.")
+             "the largest student; `_x` columns are teacher / that. Latency: every model re-measured "
+             "side by side in the assembling run (LiteRT reference kernels, 1 thread, round-robin). "
+             "missing_one: int8 accuracy with each single device zero-filled.")
     if doc["missing"]:
         notes += f" Not yet run: {', '.join(doc['missing'])}."
     write_results("cifar10", ctx.profile_name, doc, rows, cols, notes)
     plot(ctx, rows)
+
+
+def side_by_side_latency(ctx: Context, names: list[str], rounds: int = 5) -> dict:
+    """Every system's per-device LiteRT latency re-measured in this one process, round-robin, so
+    the ratios to the teacher do not compare steps run hours apart on a noisy host. A system's
+    figure is its slowest student (median over rounds of each round's median); systems whose
+    .tflite files are not under --work (a fresh checkout) keep their own step's figure."""
+    from nonn_tflite.profile import measure_latency
+
+    files = {}
+    for name in names:
+        found = ([ctx.work / f"{name}.tflite"] if name in ("teacher", "resnet8")
+                 else sorted((ctx.work / name / "tflite").glob("student_*.tflite")))
+        if found and all(f.is_file() for f in found):
+            files[name] = [f.read_bytes() for f in found]
+    runs = max(10, ctx.profile.latency_runs // rounds)
+    samples: dict[str, list[list[float]]] = {n: [[] for _ in bufs] for n, bufs in files.items()}
+    for _ in range(rounds):
+        for name, bufs in files.items():
+            for i, buf in enumerate(bufs):
+                samples[name][i].append(measure_latency(buf, runs).median_ms)
+    ms = {n: round(max(float(np.median(s)) for s in per), 4) for n, per in samples.items()}
+    return {"method": f"LiteRT reference kernels, 1 thread; {rounds} round-robin rounds x {runs} "
+                      "invokes per model in one process; median of round medians; slowest student",
+            "ms": ms, "own_step_only": sorted(set(names) - set(ms))}
 
 
 def _row(name: str, r: dict, t: dict, note: str) -> dict:

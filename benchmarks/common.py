@@ -110,7 +110,7 @@ def write_results(name: str, profile: str, doc: dict, rows: list[dict], columns:
           f"- date: {doc.get('date')}, commit {doc.get('commit')}",
           f"- machine: {doc['machine']['cpu']} ({doc['machine']['cpu_count']} CPUs, "
           f"{doc['machine']['memory_gb']} GB), {doc['machine']['platform']}",
-          f"- versions: " + ", ".join(f"{k} {v}" for k, v in doc["versions"].items() if k != "platform"),
+          "- versions: " + ", ".join(f"{k} {v}" for k, v in doc["versions"].items() if k != "platform"),
           f"- wall time: {doc.get('wall_seconds', 0):.1f} s", "", markdown_table(rows, columns)]
     if notes:
         md += ["", notes]

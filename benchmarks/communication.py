@@ -22,7 +22,7 @@ import sys
 import time
 from pathlib import Path
 
-from common import RESULTS, ROOT, header, print_table, write_results
+from common import ROOT, header, print_table, write_results
 
 
 def load_system(run_dir: Path) -> dict:

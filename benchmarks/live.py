@@ -29,7 +29,7 @@ PROFILES = {
 
 def offline_fps(run: Path, images, repeats: int = 1) -> tuple[float, float]:
     """Frames/s and ms/frame of the int8 system in one process (no MQTT)."""
-    from nonn_tflite.live.models import load_deployment
+    from nonn_tflite.deployment import load_deployment
     from nonn_tflite.live.offline import OfflineSystem
 
     system = OfflineSystem(load_deployment(run))

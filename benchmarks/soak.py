@@ -81,7 +81,7 @@ def node_main(args: argparse.Namespace) -> int:
 
     from nonn_tflite.live.device import DeviceConfig, DeviceNode
     from nonn_tflite.live.fusion import FusionConfig, FusionNode
-    from nonn_tflite.live.models import load_deployment
+    from nonn_tflite.deployment import load_deployment
     from nonn_tflite.live.mqtt import BrokerConfig
     from nonn_tflite.live.runtime import serve
 
@@ -387,7 +387,7 @@ def run_soak(cfg: SoakConfig, workdir: Path | None = None) -> dict:
     """One soak; returns the result document (accounting, latency, RSS, reconnects)."""
     import numpy as np
 
-    from nonn_tflite.live.models import load_deployment
+    from nonn_tflite.deployment import load_deployment
 
     workdir = Path(workdir or tempfile.mkdtemp(prefix="nonn-soak-"))
     workdir.mkdir(parents=True, exist_ok=True)

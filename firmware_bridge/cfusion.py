@@ -16,8 +16,8 @@ import numpy as np
 from firmware_bridge.carrays import crc32
 from firmware_bridge.render import render
 from nonn_tflite.errors import ModelFileError
-from nonn_tflite.live.models import QParams
-from nonn_tflite.profile import qparams, round_half_away
+from nonn_tflite.int8 import QParams, round_half_away
+from nonn_tflite.profile import qparams
 from nonn_tflite.tflite_model import OpInfo, TensorInfo, TFLiteModel
 
 _PASS_THROUGH = {"RESHAPE", "SQUEEZE", "EXPAND_DIMS"}  # int8 layout no-ops for a 1 x N vector

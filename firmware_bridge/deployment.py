@@ -11,22 +11,23 @@ import functools
 import json
 import logging
 import math
-import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from firmware_bridge.carrays import crc32
-from nonn_tflite.errors import ModelFileError, RunDirError
-from nonn_tflite.live.models import QParams
+from nonn_tflite.deployment import StudentSpec
+from nonn_tflite.deployment import load_deployment as read_deployment
+from nonn_tflite.errors import ModelFileError
+from nonn_tflite.int8 import QParams
 from nonn_tflite.live.protocol import deployment_id
 from nonn_tflite.profile import measure_arena, qparams
 from nonn_tflite.tflite_model import TensorInfo, TFLiteModel, parse_tflite
 
 log = logging.getLogger(__name__)
-SCHEMA = 1
-_TOPIC_SAFE = re.compile(r"[A-Za-z0-9._-]+\Z")
+MAX_STUDENTS = 32  # the C fusion node's bitmask of present students
 _CUSTOM = 32  # BuiltinOperator.CUSTOM
+
 
 @dataclass(frozen=True)
 class Arena:
@@ -107,96 +108,63 @@ class Deployment:
         return out
 
 
-def tflite_dir_of(run_dir: Path) -> Path:
-    """Accept ``runs/x`` or ``runs/x/tflite``."""
-    run_dir = Path(run_dir)
-    for candidate in (run_dir / "tflite", run_dir):
-        if (candidate / "deployment.json").is_file():
-            return candidate
-    if not run_dir.exists():
-        raise RunDirError(f"run directory {run_dir} does not exist")
-    raise RunDirError(f"{run_dir} has no tflite/deployment.json: "
-                      f"run `nonn-tflite convert {run_dir}` first")
-
-
 def load_deployment(run_dir: Path) -> Deployment:
-    """Read deployment.json, report.json and every model; raise one clear error on mismatch."""
-    tdir = tflite_dir_of(run_dir)
-    meta = _read_json(tdir / "deployment.json")
-    if meta.get("schema") != SCHEMA:
-        raise ModelFileError(f"{tdir / 'deployment.json'} has schema {meta.get('schema')!r}; "
-                             f"this export understands schema {SCHEMA}")
-    name = str(meta.get("deployment", ""))
-    if not _TOPIC_SAFE.match(name):
-        raise ModelFileError(f"deployment name {name!r} must be non-empty letters, digits, "
-                             "'.', '_' or '-' (it becomes an MQTT topic level)")
+    """deployment.json through the toolkit's one reader (so export accepts exactly what the live
+    nodes accept), then every model read back and checked against it; report.json supplies the
+    arenas convert did not put into the JSON."""
+    spec = read_deployment(run_dir)
+    tdir = spec.directory
+    ids = sorted(s.id for s in spec.students)
+    if ids != list(range(len(ids))):
+        raise ModelFileError(f"student ids must be 0..{len(ids) - 1} for firmware export, got {ids}")
+    if len(ids) > MAX_STUDENTS:
+        raise ModelFileError(f"{len(ids)} students: firmware export supports at most {MAX_STUDENTS}")
     report = _read_json(tdir / "report.json") if (tdir / "report.json").is_file() else {}
-    students = tuple(_student(tdir, s, report) for s in _student_entries(meta))
-    fusion_meta = _required(meta, "fusion", "deployment.json")
-    fusion = _model(tdir, "fusion", fusion_meta, report)
-    width = sum(s.width for s in students)
-    if fusion.input_size != width or fusion_meta.get("input_width", width) != width:
+    students = tuple(_student(tdir, s, report) for s in sorted(spec.students, key=lambda s: s.id))
+    f = spec.fusion
+    fusion = _model(tdir, "fusion", f.file, (f.input, f.output), None, report)
+    if fusion.input_size != f.input_width:
         raise ModelFileError(f"fusion input width {fusion.input_size} does not equal "
-                             f"the students' total width {width}")
-    num_classes = int(meta.get("num_classes", fusion.output_size))
-    if num_classes != fusion.output_size:
+                             f"the students' total width {f.input_width}")
+    if spec.num_classes != fusion.output_size:
         raise ModelFileError(f"fusion.tflite has {fusion.output_size} outputs but "
-                             f"deployment.json says {num_classes} classes")
-    class_names = tuple(str(c) for c in meta.get("class_names") or range(num_classes))
-    shape = tuple(int(d) for d in meta.get("input_shape") or students[0].model.input_shape[1:])
-    return Deployment(Path(run_dir), tdir, name, num_classes, class_names, shape, students, fusion)
+                             f"deployment.json says {spec.num_classes} classes")
+    return Deployment(Path(run_dir), tdir, spec.name, spec.num_classes, spec.class_names,
+                      spec.input_shape, students, fusion)
 
 
-def _read_json(path: Path) -> dict[str, Any]:
+def _read_json(path: Path) -> Any:
     try:
-        data = json.loads(path.read_text())
+        return json.loads(path.read_text())
     except (OSError, ValueError) as exc:
         raise ModelFileError(f"cannot read {path}: {exc}") from exc
-    if not isinstance(data, dict):
-        raise ModelFileError(f"{path} is not a JSON object")
-    return data
 
 
-def _required(meta: dict[str, Any], key: str, where: str) -> Any:
-    if key not in meta:
-        raise ModelFileError(f"{where} has no {key!r} entry")
-    return meta[key]
+def _student(tdir: Path, spec: StudentSpec, report: Any) -> Student:
+    model = _model(tdir, f"student_{spec.id}", spec.file, (spec.input, spec.output),
+                   spec.arena_bytes_host or spec.arena_bytes, report)
+    if spec.width != model.output_size:
+        raise ModelFileError(f"student_{spec.id}.tflite outputs {model.output_size} features but "
+                             f"deployment.json says width {spec.width}")
+    return Student(spec.id, model, spec.width, spec.filters, spec.board)
 
 
-def _student_entries(meta: dict[str, Any]) -> list[dict[str, Any]]:
-    entries = _required(meta, "students", "deployment.json")
-    if not entries:
-        raise ModelFileError("deployment.json lists no students")
-    ids = [int(_required(e, "id", "a student entry")) for e in entries]
-    if sorted(ids) != list(range(len(ids))):
-        raise ModelFileError(f"student ids must be 0..{len(ids) - 1}, got {ids}")
-    if len(ids) > 32:
-        raise ModelFileError(f"{len(ids)} students: firmware export supports at most 32")
-    return sorted(entries, key=lambda e: int(e["id"]))
-
-
-def _student(tdir: Path, entry: dict[str, Any], report: dict[str, Any]) -> Student:
-    sid = int(entry["id"])
-    model = _model(tdir, f"student_{sid}", entry, report)
-    width = int(entry.get("width", model.output_size))
-    if width != model.output_size:
-        raise ModelFileError(f"student_{sid}.tflite outputs {model.output_size} features but "
-                             f"deployment.json says width {width}")
-    return Student(sid, model, width, tuple(int(f) for f in entry.get("filters", ())),
-                   entry.get("board"))
-
-
-def _model(tdir: Path, name: str, entry: dict[str, Any], report: dict[str, Any]) -> ModelEntry:
-    path = tdir / str(entry.get("file", f"{name}.tflite"))
+def _model(tdir: Path, name: str, file: str, stated: tuple[QParams, QParams],
+           stated_arena: int | None, report: Any) -> ModelEntry:
+    path = tdir / file
     if not path.is_file():
         raise ModelFileError(f"{path} is missing: run `nonn-tflite convert` again")
     data = path.read_bytes()
     info = parse_tflite(data, path.name)
     _check_firmware_model(info, path.name)
-    quant_in = _checked_quant(entry, "input", info.input_tensors()[0], path.name)
-    quant_out = _checked_quant(entry, "output", info.output_tensors()[0], path.name)
-    return ModelEntry(name, path, data, info, quant_in, quant_out,
-                      _stated_arena(entry, report, name, path.name))
+    quant_in = _checked_quant(stated[0], "input", info.input_tensors()[0], path.name)
+    quant_out = _checked_quant(stated[1], "output", info.output_tensors()[0], path.name)
+    if stated_arena:  # the host measurement (convert's arena_bytes_host, else arena_bytes)
+        arena = Arena(stated_arena, "deployment.json")
+    else:
+        found = report_arena(report, name, path.name)
+        arena = Arena(found, "report.json") if found else None
+    return ModelEntry(name, path, data, info, quant_in, quant_out, arena)
 
 
 def _check_firmware_model(model: TFLiteModel, what: str) -> None:
@@ -216,31 +184,15 @@ def _check_firmware_model(model: TFLiteModel, what: str) -> None:
                 "full-integer models (run `nonn-tflite convert` with int8 quantisation)")
 
 
-def _checked_quant(entry: dict[str, Any], key: str, tensor: TensorInfo, what: str) -> QParams:
+def _checked_quant(stated: QParams, key: str, tensor: TensorInfo, what: str) -> QParams:
     """The model's own quantisation, after checking deployment.json agrees with it."""
-    actual = QParams(*qparams(tensor))
-    stated = entry.get(key)
-    if stated is not None:
-        scale, zp = (float(stated.get("scale", actual.scale)),
-                     int(stated.get("zero_point", actual.zero_point)))
-        if not math.isclose(scale, actual.scale, rel_tol=1e-6) or zp != actual.zero_point:
-            raise ModelFileError(
-                f"{what} {key} is quantised (scale={actual.scale:.9g}, zero_point="
-                f"{actual.zero_point}) but deployment.json says (scale={scale:.9g}, "
-                f"zero_point={zp}): deployment.json is stale, run `nonn-tflite convert` again")
+    actual = qparams(tensor)
+    if not math.isclose(stated.scale, actual.scale, rel_tol=1e-6) or stated.zero_point != actual.zero_point:
+        raise ModelFileError(
+            f"{what} {key} is quantised (scale={actual.scale:.9g}, zero_point="
+            f"{actual.zero_point}) but deployment.json says (scale={stated.scale:.9g}, "
+            f"zero_point={stated.zero_point}): deployment.json is stale, run `nonn-tflite convert` again")
     return actual
-
-
-def _stated_arena(entry: dict[str, Any], report: dict[str, Any], name: str,
-                  file_name: str) -> Arena | None:
-    """The host measurement: ``arena_bytes_host`` when the converter wrote one (its
-    ``arena_bytes`` then already includes the 32-bit margin), else ``arena_bytes``."""
-    if _positive(entry.get("arena_bytes_host")):
-        return Arena(int(entry["arena_bytes_host"]), "deployment.json")
-    if _positive(entry.get("arena_bytes")):
-        return Arena(int(entry["arena_bytes"]), "deployment.json")
-    found = report_arena(report, name, file_name)
-    return Arena(found, "report.json") if found else None
 
 
 def report_arena(report: Any, name: str, file_name: str) -> int | None:

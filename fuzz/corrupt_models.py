@@ -243,13 +243,9 @@ def run_device(path: Path, deployment_dir: Path) -> tuple[str, str]:
     import numpy as np
 
     from nonn_tflite.errors import NonnError
-    from nonn_tflite.live.models import (
-        IMAGE_SCALE,
-        IMAGE_ZERO_POINT,
-        QParams,
-        StudentRunner,
-        load_deployment,
-    )
+    from nonn_tflite.deployment import load_deployment
+    from nonn_tflite.int8 import QParams
+    from nonn_tflite.live.models import IMAGE_SCALE, IMAGE_ZERO_POINT, StudentRunner
 
     dep = load_deployment(deployment_dir)
     first = dataclasses.replace(dep.students[0], file=path.name)

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 from nonn_tflite.live.device import DeviceConfig, DeviceNode
 from nonn_tflite.live.fusion import FusionConfig, FusionNode
-from nonn_tflite.live.models import Deployment
+from nonn_tflite.deployment import Deployment
 from nonn_tflite.live.mqtt import BrokerConfig
 from nonn_tflite.live.protocol import HEADER, MAGIC, VERSION
 

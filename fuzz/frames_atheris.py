@@ -31,7 +31,7 @@ sys.path.insert(0, str(ROOT))
 
 with atheris.instrument_imports(include=["nonn_tflite.live", "fuzz.frames"]):
     from fuzz.frames import NodeProbe, build_message
-    from nonn_tflite.live.models import load_deployment
+    from nonn_tflite.deployment import load_deployment
     from nonn_tflite.live.protocol import Decoder, MsgType
 
 

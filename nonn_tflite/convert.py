@@ -31,12 +31,10 @@ from nonn_tflite.profile import (
     WIRE_HEADER_BYTES,
     Int8Runner,
     ModelProfile,
-    dequantize,
-    images_to_int8,
     profile_model,
     qparams,
-    requantise,
 )
+from nonn_tflite.int8 import dequantize, images_to_int8, requantise
 from nonn_tflite.quantize import (
     calibration_indices,
     captured_output,
@@ -234,7 +232,7 @@ def evaluate(system: KerasSystem, conv: Converted, ds: Dataset) -> Evaluation:
 def _run_student(buf: bytes, x_uint8: np.ndarray) -> tuple[np.ndarray, tuple[float, int]]:
     """int8 outputs of an image model over uint8 images, and its output (scale, zero point)."""
     m = parse_tflite(buf)
-    x = images_to_int8(x_uint8, *qparams(m.input_tensors()[0]))
+    x = images_to_int8(x_uint8, qparams(m.input_tensors()[0]))
     return Int8Runner(buf)(x), qparams(m.output_tensors()[0])
 
 
@@ -248,7 +246,7 @@ def feature_agreement(float_vec: np.ndarray, q: np.ndarray, out_q: tuple[float, 
     Values the int8 model saturated (127: the float value exceeds the calibrated range) are
     counted apart: their error measures calibration coverage, not rounding.
     """
-    deq = dequantize(q, *out_q)
+    deq = dequantize(q, out_q)
     f = np.asarray(float_vec, np.float64)
     num = (f * deq).sum(axis=1)
     nf, nd = np.linalg.norm(f, axis=1), np.linalg.norm(deq, axis=1)
@@ -274,7 +272,7 @@ def profile_all(tdir: Path, conv: Converted, ds: Dataset, ev: Evaluation,
         if name == "fusion.tflite":
             inputs = ev.fusion_inputs[:n]
         else:
-            inputs = images_to_int8(ds.x_test[:n], *qparams(m.input_tensors()[0]))
+            inputs = images_to_int8(ds.x_test[:n], qparams(m.input_tensors()[0]))
         log.info("profiling %s", name)
         out[name] = profile_model(tdir / name, latency_runs=opts.latency_runs, parity_inputs=inputs)
     return out

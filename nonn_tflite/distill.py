@@ -150,7 +150,6 @@ def distill(ds: Dataset, teacher_view, partitions: list[list[int]], cfg: Distill
             estimates: list, quiet: bool = False) -> DistillResult:
     """Build students sized by ``estimates``, train them with the fusion head, keep the best
     epoch on the validation split."""
-    import keras
 
     from nonn_tflite.architectures import build_fusion, build_student, deployable_student
     from nonn_tflite.training import callbacks, optimizer, set_seed

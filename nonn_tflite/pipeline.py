@@ -11,7 +11,6 @@ import logging
 from dataclasses import replace
 from pathlib import Path
 
-import numpy as np
 
 from nonn_tflite.config import (DataConfig, DistillConfig, PartitionConfig, TeacherConfig,
                                 from_dict, to_dict)

@@ -36,6 +36,7 @@ from pathlib import Path
 import numpy as np
 
 from nonn_tflite.errors import ModelFileError
+from nonn_tflite.int8 import QParams
 from nonn_tflite.intake import verify_bytes, verify_file
 from nonn_tflite.quantize import captured_output, tflm_problems
 from nonn_tflite.tflite_model import TensorInfo, TFLiteModel, op_layer, parse_tflite
@@ -402,37 +403,12 @@ def first_mismatch(buf: bytes, xs: np.ndarray, arena_bytes: int) -> dict | None:
 
 # -- quantisation helpers ----------------------------------------------------------------------
 
-def qparams(t: TensorInfo) -> tuple[float, int]:
+def qparams(t: TensorInfo) -> QParams:
     """(scale, zero_point) of a per-tensor quantised tensor."""
     pt = t.quant.per_tensor if t.quant else None
     if pt is None:
         raise ModelFileError(f"tensor '{t.name}' is not per-tensor int8 quantised")
-    return pt
-
-
-def round_half_away(x: np.ndarray) -> np.ndarray:
-    """C's round(): what the fusion node and firmware use, so bytes agree everywhere."""
-    return np.sign(x) * np.floor(np.abs(x) + 0.5)
-
-
-def quantize(x: np.ndarray, scale: float, zero_point: int) -> np.ndarray:
-    return np.clip(round_half_away(np.asarray(x, np.float64) / scale) + zero_point,
-                   -128, 127).astype(np.int8)
-
-
-def dequantize(q: np.ndarray, scale: float, zero_point: int) -> np.ndarray:
-    return (np.asarray(q, np.float64) - zero_point) * scale
-
-
-def images_to_int8(x_uint8: np.ndarray, scale: float, zero_point: int) -> np.ndarray:
-    """uint8 images -> a model's int8 input (``uint8 - 128`` when scale is 1/255, zp -128)."""
-    return quantize(np.asarray(x_uint8, np.float64) / 255.0, scale, zero_point)
-
-
-def requantise(q: np.ndarray, src: tuple[float, int], dst: tuple[float, int]) -> np.ndarray:
-    """``clip(round((q - zp_s) * s_s / s_d) + zp_d, -128, 127)`` (ARCHITECTURE.md)."""
-    real_over_dst = (np.asarray(q, np.float64) - src[1]) * (src[0] / dst[0])
-    return np.clip(round_half_away(real_over_dst) + dst[1], -128, 127).astype(np.int8)
+    return QParams(*pt)
 
 
 # -- one model ---------------------------------------------------------------------------------

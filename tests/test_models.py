@@ -21,7 +21,7 @@ def test_digits_k2_files_match_the_manifest():
 
 
 def test_digits_k2_still_runs_and_scores_as_reported():
-    from nonn_tflite.live.models import load_deployment
+    from nonn_tflite.deployment import load_deployment
     from nonn_tflite.live.offline import OfflineSystem
 
     root = MODELS / "digits-k2"

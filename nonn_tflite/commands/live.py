@@ -95,7 +95,7 @@ def device(run: Path, student: int, broker_url: str, cafile, certfile, keyfile, 
           --broker mqtts://user:pw@gw.local:8883 --cafile ca.pem
     """
     from nonn_tflite.live.device import DeviceConfig, DeviceNode
-    from nonn_tflite.live.models import load_deployment
+    from nonn_tflite.deployment import load_deployment
     from nonn_tflite.live.runtime import serve
 
     dep = load_deployment(run)
@@ -143,7 +143,7 @@ def fusion(run: Path, broker_url: str, cafile, certfile, keyfile, insecure, prot
       nonn-tflite fusion runs/c10 --broker mqtt://gw.local:1883 --group g --name fusion-1
     """
     from nonn_tflite.live.fusion import FusionConfig, FusionNode
-    from nonn_tflite.live.models import load_deployment
+    from nonn_tflite.deployment import load_deployment
     from nonn_tflite.live.runtime import serve
 
     dep = load_deployment(run)
@@ -192,7 +192,7 @@ def source(run: Path, broker_url: str, cafile, certfile, keyfile, insecure, prot
     Example:
       nonn-tflite source runs/c10 --broker mqtt://gw.local:1883 --rate 20
     """
-    from nonn_tflite.live.models import load_deployment
+    from nonn_tflite.deployment import load_deployment
     from nonn_tflite.live.source import SourceConfig, SourceNode, load_images
 
     dep = load_deployment(run)

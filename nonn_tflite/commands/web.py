@@ -69,7 +69,7 @@ def _deployment_info(run: Path | None, name: str | None):
     if (run is None) == (name is None):
         raise UsageError("give a RUN directory or --deployment NAME (one of them)")
     if run is not None:
-        from nonn_tflite.live.models import load_deployment
+        from nonn_tflite.deployment import load_deployment
 
         return DeploymentInfo.from_deployment(load_deployment(run))
     try:

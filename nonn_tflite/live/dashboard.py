@@ -11,7 +11,7 @@ import json
 import threading
 from dataclasses import dataclass, field
 
-from nonn_tflite.live.models import Deployment
+from nonn_tflite.deployment import Deployment
 from nonn_tflite.live.mqtt import (
     BrokerConfig,
     Connection,

@@ -26,7 +26,7 @@ import numpy as np
 from nonn_tflite.errors import NonnError, UsageError
 from nonn_tflite.live.broker import BrokerProcess, embedded_broker
 from nonn_tflite.live.dashboard import Monitor, View, fusion_totals, rejected_total
-from nonn_tflite.live.models import Deployment, load_deployment
+from nonn_tflite.deployment import Deployment, load_deployment
 from nonn_tflite.live.mqtt import BrokerConfig
 from nonn_tflite.live.offline import OfflineSystem
 from nonn_tflite.live.protocol import HEADER_SIZE

@@ -15,7 +15,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from nonn_tflite.live.models import Deployment, QParams, StudentRunner
+from nonn_tflite.deployment import Deployment
+from nonn_tflite.int8 import QParams
+from nonn_tflite.live.models import StudentRunner
 from nonn_tflite.live.mqtt import (
     BrokerConfig,
     Connection,

@@ -23,7 +23,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from nonn_tflite.live.models import Deployment, FusionRunner, QParams
+from nonn_tflite.deployment import Deployment
+from nonn_tflite.int8 import QParams
+from nonn_tflite.live.models import FusionRunner
 from nonn_tflite.live.mqtt import (
     BrokerConfig,
     Connection,

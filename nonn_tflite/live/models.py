@@ -1,4 +1,4 @@
-"""Deployment description and the int8 maths the live nodes share (LiteRT + numpy, no TensorFlow).
+"""The int8 maths and model runners the live nodes share (LiteRT + numpy, no TensorFlow).
 
 The device, the fusion node and the offline reference all go through the functions here, so
 "accuracy over MQTT equals offline int8 accuracy" holds by construction unless the network
@@ -7,172 +7,21 @@ loses or reorders something: that is what the live tests check.
 
 from __future__ import annotations
 
-import json
-import math
 from collections.abc import Mapping
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from nonn_tflite.errors import ModelFileError, RunDirError
-from nonn_tflite.live.protocol import Topics, deployment_id
+from nonn_tflite.deployment import Deployment
+from nonn_tflite.errors import ModelFileError
+from nonn_tflite.int8 import QParams, requantise
 
 # Image frames carry raw camera bytes: real value = (q - 0) * 1/255, the model input convention.
 IMAGE_SCALE = float(np.float32(1.0 / 255.0))
 IMAGE_ZERO_POINT = 0
 
 
-@dataclass(frozen=True)
-class QParams:
-    """Affine int8 quantisation: real = (q - zero_point) * scale."""
-
-    scale: float
-    zero_point: int
-
-    @classmethod
-    def from_json(cls, d: Mapping, what: str) -> QParams:
-        try:
-            scale, zp = float(d["scale"]), int(d["zero_point"])
-        except (KeyError, TypeError, ValueError):
-            raise ModelFileError(f"{what}: needs numeric 'scale' and 'zero_point'") from None
-        if not (math.isfinite(scale) and scale > 0):
-            raise ModelFileError(f"{what}: scale must be finite and > 0, got {scale}")
-        return cls(scale, zp)
-
-
-@dataclass(frozen=True)
-class StudentSpec:
-    id: int
-    file: str
-    width: int
-    input: QParams
-    output: QParams
-
-
-@dataclass(frozen=True)
-class FusionSpec:
-    file: str
-    input_width: int
-    input: QParams
-    output: QParams
-
-
-@dataclass(frozen=True)
-class Deployment:
-    """``tflite/deployment.json`` of a run (schema 1, see docs/ARCHITECTURE.md)."""
-
-    name: str
-    num_classes: int
-    class_names: tuple[str, ...]
-    input_shape: tuple[int, ...]
-    students: tuple[StudentSpec, ...]
-    fusion: FusionSpec
-    directory: Path
-
-    @property
-    def id(self) -> int:
-        return deployment_id(self.name)
-
-    @property
-    def topics(self) -> Topics:
-        return Topics(self.name)
-
-    @property
-    def feature_widths(self) -> dict[int, int]:
-        return {s.id: s.width for s in self.students}
-
-    @property
-    def image_size(self) -> int:
-        return int(np.prod(self.input_shape))
-
-    def student(self, k: int) -> StudentSpec:
-        for spec in self.students:
-            if spec.id == k:
-                return spec
-        ids = ", ".join(str(s.id) for s in self.students)
-        raise RunDirError(f"deployment {self.name} has no student {k} (students: {ids})")
-
-    def path(self, file: str) -> Path:
-        return self.directory / file
-
-    def slices(self) -> dict[int, slice]:
-        """Where each student's vector sits in the fusion input (students in id order)."""
-        out, start = {}, 0
-        for spec in sorted(self.students, key=lambda s: s.id):
-            out[spec.id] = slice(start, start + spec.width)
-            start += spec.width
-        return out
-
-
-def find_deployment_file(path: str | Path) -> Path:
-    """Accept a run directory, its ``tflite/`` folder or the deployment.json itself."""
-    p = Path(path)
-    for candidate in (p, p / "deployment.json", p / "tflite" / "deployment.json"):
-        if candidate.is_file():
-            return candidate
-    raise RunDirError(f"no tflite/deployment.json under {p} (run `nonn-tflite convert {p}` first)")
-
-
-def load_deployment(path: str | Path) -> Deployment:
-    """Read and check deployment.json; raises RunDirError/ModelFileError with what is wrong."""
-    file = find_deployment_file(path)
-    try:
-        d = json.loads(file.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise RunDirError(f"{file} is not valid JSON: {exc}") from None
-    try:
-        return _parse_deployment(d, file)
-    except (KeyError, TypeError, ValueError) as exc:
-        raise RunDirError(f"{file}: missing or malformed field {exc}") from None
-
-
-def _parse_deployment(d: Mapping, file: Path) -> Deployment:
-    if d.get("schema") != 1:
-        raise RunDirError(f"{file}: schema {d.get('schema')!r} is not supported (expected 1)")
-    if d.get("fusion_input", "requantise") != "requantise":
-        raise RunDirError(f"{file}: fusion_input {d['fusion_input']!r} is not supported")
-    students = tuple(
-        StudentSpec(int(s["id"]), str(s["file"]), int(s["width"]),
-                    QParams.from_json(s["input"], f"student {s['id']} input"),
-                    QParams.from_json(s["output"], f"student {s['id']} output"))
-        for s in d["students"])
-    f = d["fusion"]
-    fusion = FusionSpec(str(f["file"]), int(f["input_width"]),
-                        QParams.from_json(f["input"], "fusion input"),
-                        QParams.from_json(f["output"], "fusion output"))
-    dep = Deployment(str(d["deployment"]), int(d["num_classes"]),
-                     tuple(str(c) for c in d.get("class_names", range(int(d["num_classes"])))),
-                     tuple(int(v) for v in d["input_shape"]), students, fusion, file.parent)
-    Topics(dep.name)  # raises for names that cannot be topics
-    if len({s.id for s in students}) != len(students) or not students:
-        raise RunDirError(f"{file}: student ids must be unique and at least one student given")
-    if any(not 0 <= s.id < 255 for s in students):
-        raise RunDirError(f"{file}: student ids must be 0..254")
-    if sum(s.width for s in students) != fusion.input_width:
-        raise RunDirError(f"{file}: student widths sum to {sum(s.width for s in students)}, "
-                          f"fusion input_width is {fusion.input_width}")
-    return dep
-
-
 # ---- int8 arithmetic ------------------------------------------------------------------
-
-def round_half_away(x: np.ndarray) -> np.ndarray:
-    """C's round(): half away from zero, so the C fusion code gives identical bytes."""
-    return np.sign(x) * np.floor(np.abs(x) + 0.5)
-
-
-def quantize(real: np.ndarray, q: QParams) -> np.ndarray:
-    """float -> int8 with saturation."""
-    return np.clip(round_half_away(np.asarray(real, np.float64) / q.scale) + q.zero_point,
-                   -128, 127).astype(np.int8)
-
-
-def requantise(values: np.ndarray, src: QParams, dst: QParams) -> np.ndarray:
-    """``q_f = clip(round((q_k - zp_k) * s_k / s_f) + zp_f, -128, 127)`` (ARCHITECTURE.md)."""
-    real_over_dst = (np.asarray(values, np.float64) - src.zero_point) * (src.scale / dst.scale)
-    return np.clip(round_half_away(real_over_dst) + dst.zero_point, -128, 127).astype(np.int8)
-
 
 def image_to_input(pixels: np.ndarray, src: QParams, dst: QParams) -> np.ndarray:
     """Camera bytes (any dtype, ``src`` quantisation) -> the model's own int8 input."""

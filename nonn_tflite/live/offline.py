@@ -10,7 +10,7 @@ import numpy as np
 
 from nonn_tflite.live.device import DeviceCore
 from nonn_tflite.live.fusion import FusionConfig, FusionCore
-from nonn_tflite.live.models import Deployment
+from nonn_tflite.deployment import Deployment
 from nonn_tflite.live.protocol import Decoder, MsgType, encode
 from nonn_tflite.live.source import image_frame
 

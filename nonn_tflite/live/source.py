@@ -17,7 +17,8 @@ from pathlib import Path
 import numpy as np
 
 from nonn_tflite.errors import DatasetError
-from nonn_tflite.live.models import IMAGE_SCALE, IMAGE_ZERO_POINT, Deployment
+from nonn_tflite.deployment import Deployment
+from nonn_tflite.live.models import IMAGE_SCALE, IMAGE_ZERO_POINT
 from nonn_tflite.live.mqtt import (
     BrokerConfig,
     Connection,

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from nonn_tflite.live.dashboard import fusion_totals
-from nonn_tflite.live.models import Deployment
+from nonn_tflite.deployment import Deployment
 from nonn_tflite.live.mqtt import BrokerConfig, Connection, ConnectionConfig, make_client_id
 from nonn_tflite.live.protocol import Decoder, Frame, MsgType, Topics, deployment_id
 from nonn_tflite.live.runtime import percentile

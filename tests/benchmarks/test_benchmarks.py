@@ -68,6 +68,9 @@ def test_cifar10_quick_and_communication_on_a_stand_in(bench_env):
             "random-k4", "contiguous-k4", "nodrop-k4"} <= names
     for r in doc["rows"]:
         assert 0.0 <= r["acc_int8"] <= 1.0 and r["flash_kb"] > 0
+    # every system's latency re-measured side by side in the assembling run
+    assert set(doc["latency"]["ms"]) == names and not doc["latency"]["own_step_only"]
+    assert all(r["latency_ms"] == doc["latency"]["ms"][r["system"]] > 0 for r in doc["rows"])
     k4 = doc["systems"]["nonn-k4"]
     assert len(k4["missing_one"]) == 4 and len(k4["students"]) == 4
     assert (results / "cifar10-quick.md").exists() and (results / "cifar10-quick.png").exists()

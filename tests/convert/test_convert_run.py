@@ -18,13 +18,8 @@ from nonn_tflite.boards import Board, get_board
 from nonn_tflite.cli import main
 from nonn_tflite.convert import board_fit, resolve_boards
 from nonn_tflite.errors import UsageError
-from nonn_tflite.profile import (
-    WIRE_HEADER_BYTES,
-    Int8Runner,
-    images_to_int8,
-    qparams,
-    requantise,
-)
+from nonn_tflite.int8 import images_to_int8, requantise
+from nonn_tflite.profile import WIRE_HEADER_BYTES, Int8Runner, qparams
 from nonn_tflite.quantize import convert_int8, tflm_problems
 from nonn_tflite.rundir import RunDir, sha256_file
 from nonn_tflite.teacher import load_keras_model
@@ -77,7 +72,7 @@ def test_int8_system_recomputed_from_files_matches_report(tdir, report, digits):
     slices = []
     for s in dep["students"]:
         buf = (tdir / s["file"]).read_bytes()
-        x = images_to_int8(digits.x_test, s["input"]["scale"], s["input"]["zero_point"])
+        x = images_to_int8(digits.x_test, (s["input"]["scale"], s["input"]["zero_point"]))
         q = Int8Runner(buf)(x)
         slices.append(requantise(q, (s["output"]["scale"], s["output"]["zero_point"]), f_in))
     logits = Int8Runner((tdir / "fusion.tflite").read_bytes())(np.concatenate(slices, axis=1))
@@ -87,7 +82,7 @@ def test_int8_system_recomputed_from_files_matches_report(tdir, report, digits):
 
 def test_batched_runner_equals_single_image_runs(tdir, digits):
     buf = (tdir / "student_0.tflite").read_bytes()
-    x = images_to_int8(digits.x_test[:40], 1 / 255, -128)
+    x = images_to_int8(digits.x_test[:40], (1 / 255, -128))
     batched = Int8Runner(buf, chunk=16)(x)
     single = np.concatenate([Int8Runner(buf)(x[i:i + 1]) for i in range(len(x))])
     assert np.array_equal(batched, single)
@@ -186,7 +181,7 @@ def test_deployment_json_contract(tdir, report, digits):
     fm = read_tflite(tdir / "fusion.tflite")
     assert (dep["fusion"]["input"]["scale"], dep["fusion"]["input"]["zero_point"]) == \
         qparams(fm.input_tensors()[0])
-    from nonn_tflite.live.models import load_deployment  # the live nodes' own reader accepts it
+    from nonn_tflite.deployment import load_deployment  # the live nodes' own reader accepts it
 
     assert load_deployment(tdir).fusion.input_width == 11
 

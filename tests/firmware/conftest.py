@@ -168,7 +168,7 @@ class Reference:
     def __init__(self, fx: Fixture) -> None:
         from tflite_micro import runtime
 
-        from nonn_tflite.live.models import QParams
+        from nonn_tflite.int8 import QParams
         from nonn_tflite.profile import qparams
         from nonn_tflite.tflite_model import parse_tflite
 
@@ -204,7 +204,7 @@ class Reference:
     def prediction(self, seq: int, ts: int, parts: dict[int, np.ndarray]) -> bytes:
         """The Python fusion node's frame: requantise slices, zero-fill, int8 fusion model."""
         from nonn_tflite.live import protocol
-        from nonn_tflite.live.models import requantise
+        from nonn_tflite.int8 import requantise
 
         fin = self.q["fusion_in"]
         x = np.full(sum(WIDTHS), fin.zero_point, np.int8)

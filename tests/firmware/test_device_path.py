@@ -13,7 +13,8 @@ FIXTURES_OK = [HealthCheck.function_scoped_fixture]
 
 from nonn_tflite.live import protocol
 from nonn_tflite.live.device import ReplayGuard
-from nonn_tflite.live.models import QParams, image_to_input
+from nonn_tflite.int8 import QParams
+from nonn_tflite.live.models import image_to_input
 from nonn_tflite.profile import qparams
 from nonn_tflite.tflite_model import parse_tflite
 

@@ -32,7 +32,7 @@ def k4_run(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def k4_deployment(k4_run):
-    from nonn_tflite.live.models import load_deployment
+    from nonn_tflite.deployment import load_deployment
 
     return load_deployment(k4_run)
 

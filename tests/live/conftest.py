@@ -25,7 +25,7 @@ def tiny_run(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def deployment(tiny_run):
-    from nonn_tflite.live.models import load_deployment
+    from nonn_tflite.deployment import load_deployment
 
     return load_deployment(tiny_run)
 

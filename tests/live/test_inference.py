@@ -11,14 +11,9 @@ import pytest
 from nonn_tflite.errors import ModelFileError, RunDirError
 from nonn_tflite.live.device import DeviceCore, ReplayGuard
 from nonn_tflite.live.fusion import FusionConfig, FusionCore
-from nonn_tflite.live.models import (
-    IMAGE_SCALE,
-    QParams,
-    image_to_input,
-    load_deployment,
-    requantise,
-    round_half_away,
-)
+from nonn_tflite.deployment import load_deployment
+from nonn_tflite.int8 import QParams, requantise, round_half_away
+from nonn_tflite.live.models import IMAGE_SCALE, image_to_input
 from nonn_tflite.live.offline import OfflineSystem
 from nonn_tflite.live.protocol import DType, Frame, MsgType
 from nonn_tflite.live.source import image_frame, load_images
