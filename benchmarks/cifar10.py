@@ -278,11 +278,12 @@ def assemble(ctx: Context, all_systems: list[System], argv: list[str], wall: flo
                 "systems": parts, "rows": rows,
                 "missing": [s.name for s in all_systems if s.name not in parts]})
     cols = ["system", "K", "acc_float", "acc_int8", "flash_kb", "arena_kb", "params", "macs",
-            "latency_ms", "payload_b", "flash_x", "latency_x", "missing_one"]
+            "latency_ms", "payload_b", "memory_x", "macs_x", "latency_x", "missing_one"]
     print_table(f"CIFAR-10 ({ctx.profile_name}, {ctx.dataset}); per-device figures", rows, cols)
     notes = (f"Profile: {ctx.profile.notes}. Per-device budget {ctx.profile.flash_kb} KB flash / "
              f"{ctx.profile.ram_kb} KB arena (estimate; measured figures above). Per-device figures are "
-             "the largest student; `_x` columns are teacher / that. Latency: every model re-measured "
+             "the largest student; `_x` columns are teacher / that (memory = flash + arena; the JSON rows "
+             "also hold flash_x, arena_x and params_x). Latency: every model re-measured "
              "side by side in the assembling run (LiteRT reference kernels, 1 thread, round-robin). "
              "missing_one: int8 accuracy with each single device zero-filled.")
     if doc["missing"]:
@@ -323,9 +324,19 @@ def _row(name: str, r: dict, t: dict, note: str) -> dict:
             "acc_int8": r.get("accuracy_int8"), "flash_kb": round(flash / 1024, 1),
             "arena_kb": round((r.get("arena_bytes") or 0) / 1024, 1), "params": r.get("params"),
             "macs": r.get("macs"), "latency_ms": lat, "payload_b": r.get("payload_bytes"),
-            "flash_x": round(t["flash_bytes"] / flash, 1) if flash else None,
-            "latency_x": round(t["latency_ms"] / lat, 1) if lat else None,
-            "missing_one": ", ".join(f"{a:.3f}" for a in r.get("missing_one", [])) or None, "note": note}
+            "flash_x": _ratio(t["flash_bytes"], flash),
+            "arena_x": _ratio(t.get("arena_bytes"), r.get("arena_bytes")),
+            "memory_x": _ratio((t["flash_bytes"] or 0) + (t.get("arena_bytes") or 0),
+                               flash + (r.get("arena_bytes") or 0)),
+            "params_x": _ratio(t.get("params"), r.get("params")),
+            "macs_x": _ratio(t.get("macs"), r.get("macs")),
+            "latency_x": _ratio(t["latency_ms"], lat),
+            "missing_one": " / ".join(f"{a:.3f}" for a in r.get("missing_one", [])) or None, "note": note}
+
+
+def _ratio(teacher, system) -> float | None:
+    """teacher / system, the paper's "x smaller / faster" per device."""
+    return round(teacher / system, 1) if teacher and system else None
 
 
 def plot(ctx: Context, rows: list[dict]) -> None:

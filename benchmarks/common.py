@@ -92,10 +92,11 @@ def print_table(title: str, rows: list[dict], columns: list[str] | None = None) 
     cols = columns or (list(rows[0]) if rows else [])
     table = Table(title=title)
     for c in cols:
-        table.add_column(c, justify="right")
+        table.add_column(c, justify="left" if c == cols[0] else "right", no_wrap=True)
     for r in rows:
         table.add_row(*(_fmt(r.get(c)) for c in cols))
-    Console(width=max(120, Console().width)).print(table)
+    # a log file or pipe gets the whole row; a narrow terminal gets ellipses
+    Console(width=max(200, Console().width)).print(table)
 
 
 def write_results(name: str, profile: str, doc: dict, rows: list[dict], columns: list[str] | None = None,

@@ -26,10 +26,11 @@ def cifar_section() -> list[str]:
     else:
         return ["No CIFAR-10 run yet."]
     cols = ["system", "K", "acc_float", "acc_int8", "flash_kb", "arena_kb", "params", "latency_ms",
-            "payload_b", "flash_x", "latency_x", "missing_one"]
+            "payload_b", "memory_x", "latency_x", "missing_one"]
     lines = [f"### CIFAR-10, `{profile}` profile ({'claimed' if doc.get('claims') else 'not claimed: smoke test'})",
              "", f"`{doc['command']}` — commit {doc['commit']}, {doc['machine']['cpu_count']} CPUs, {doc['date'][:10]}.",
-             "Per-device figures (largest student); `_x` = teacher / per-device.", "",
+             "Per-device figures (largest student); `_x` = teacher / per-device (memory = flash + arena); "
+             "latencies re-measured side by side in the assembling run.", "",
              markdown_table(doc["rows"], cols)]
     if doc.get("missing"):
         lines.append(f"Steps not run yet: {', '.join(doc['missing'])}.\n")
@@ -57,7 +58,8 @@ def live_section() -> list[str]:
     doc = _load("live-full.json") or _load("live-quick.json")
     lines = []
     if doc:
-        cols = ["K", "qos", "rate", "frames", "predicted", "p50_ms", "p99_ms", "offline_ms", "mqtt_overhead_x"]
+        cols = ["K", "qos", "rate", "frames", "predicted", "p50_ms", "p99_ms", "offline_ms", "mqtt_overhead_x",
+                "max_node_rss_mib", "fusion_cpu_pct", "mean_device_cpu_pct"]
         lines += [f"### Live over mosquitto (`{doc['command']}`)", "", markdown_table(doc["rows"], cols)]
     for name in ("soak", "soak-qos1"):
         soak = _load(f"{name}.json")
