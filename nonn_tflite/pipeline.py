@@ -60,15 +60,17 @@ def run_partition(run: RunDir, cfg: PartitionConfig, force: bool = False) -> dic
     from nonn_tflite.teacher import load_keras_model, predict_features, teacher_view
 
     run.require("teacher")
-    ds = run.load_dataset()
-    teacher = load_keras_model(run.file("teacher.keras"))
-    view = teacher_view(teacher, cfg.feature_layer or run.manifest.get("feature_layer"))
-    x = ds.x_val[: cfg.max_images]
-    fmap, _ = predict_features(view, x)
-    activity = filter_activity(fmap)
-    result = partition_filters(activity, cfg)
-    doc = result.to_json(cfg, view.feature_layer, len(x))
+    # all the work inside the stage: a finished stage without --force is refused before any of
+    # it, and the manifest's stage seconds time the work itself
     with run.stage("partition", force=force) as st:
+        ds = run.load_dataset()
+        teacher = load_keras_model(run.file("teacher.keras"))
+        view = teacher_view(teacher, cfg.feature_layer or run.manifest.get("feature_layer"))
+        x = ds.x_val[: cfg.max_images]
+        fmap, _ = predict_features(view, x)
+        activity = filter_activity(fmap)
+        result = partition_filters(activity, cfg)
+        doc = result.to_json(cfg, view.feature_layer, len(x))
         write_json(st.dir / "partition.json", doc)
         plot_partition(result, st.dir / "partition.png", cfg.seed)
         st.config = to_dict(cfg)
@@ -104,14 +106,14 @@ def run_distill(run: RunDir, cfg: DistillConfig, force: bool = False, quiet: boo
 
     run.require("partition")
     estimates, budgets = plan_students(run, cfg)
-    ds = run.load_dataset()
-    part = load_partition(run)
-    teacher = load_keras_model(run.file("teacher.keras"))
-    view = teacher_view(teacher, part.get("feature_layer"))
-    result = distill(ds, view, part["partitions"], cfg, estimates, quiet=quiet)
-    acc = accuracy(nonn_logits(result.students, result.fusion, ds.x_test), ds.y_test)
     students = []
-    with run.stage("distill", force=force) as st:
+    with run.stage("distill", force=force) as st:  # refused before training, timed with it
+        ds = run.load_dataset()
+        part = load_partition(run)
+        teacher = load_keras_model(run.file("teacher.keras"))
+        view = teacher_view(teacher, part.get("feature_layer"))
+        result = distill(ds, view, part["partitions"], cfg, estimates, quiet=quiet)
+        acc = accuracy(nonn_logits(result.students, result.fusion, ds.x_test), ds.y_test)
         for k, (model, est, budget) in enumerate(zip(result.students, estimates, budgets)):
             _save_model(model, st.dir / f"student_{k}.keras")
             students.append({"id": k, "file": f"student_{k}.keras", "filters": len(part["partitions"][k]),

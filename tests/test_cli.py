@@ -56,6 +56,20 @@ def test_rerunning_a_finished_stage_asks_for_force(digits_run):
     assert "--force" in result.output
 
 
+def test_a_finished_distill_is_refused_before_any_training(digits_run):
+    """The refusal comes first: a dropout of 1.5 would fail inside training, so reaching
+    "already finished" proves no training was started (minutes saved on a real run)."""
+    from nonn_tflite.config import DistillConfig
+    from nonn_tflite.errors import RunDirError
+    from nonn_tflite.pipeline import run_distill
+    from nonn_tflite.rundir import RunDir
+
+    with pytest.raises(RunDirError, match="already finished"):
+        run_distill(RunDir(digits_run), DistillConfig(student_dropout=1.5))
+    stages = json.loads((digits_run / "manifest.json").read_text())["stages"]
+    assert stages["distill"]["seconds"] > 1.0  # the training itself is timed, not the saving
+
+
 def test_stage_on_a_missing_run_dir(tmp_path):
     assert_one_line_error(invoke("distill", tmp_path / "nope"), 2, "not found")
 
