@@ -92,7 +92,7 @@ def print_table(title: str, rows: list[dict], columns: list[str] | None = None) 
     cols = columns or (list(rows[0]) if rows else [])
     table = Table(title=title)
     for c in cols:
-        table.add_column(c, justify="left" if c == cols[0] else "right", no_wrap=True)
+        table.add_column(c, justify="left" if c == cols[0] else "right", no_wrap=True, min_width=len(c))
     for r in rows:
         table.add_row(*(_fmt(r.get(c)) for c in cols))
     # a log file or pipe gets the whole row; a narrow terminal gets ellipses
