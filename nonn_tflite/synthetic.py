@@ -6,7 +6,7 @@ any K, without the minutes a distillation takes. K small CNN students (8x8x1 dig
 pooled channels each) and a Dense fusion are trained jointly for a few epochs on the bundled
 digits and converted with the toolkit's own :func:`nonn_tflite.quantize.convert_int8`, so every
 student is full-integer int8 with batch-1 shapes: TFLite-Micro clean. Accuracy is whatever a
-few epochs give (about 90 %); nothing here claims NoNN's figures.
+few epochs give (61 % at K = 16 with the defaults); nothing here claims NoNN's figures.
 
     python -m nonn_tflite.synthetic OUT --students 16 --width 4
     python -m nonn_tflite.synthetic OUT --widths 5,6 --stem 16,24:2 --epochs 8 --name digits-k2
