@@ -41,11 +41,10 @@ def cifar_section() -> list[str]:
 
 
 def comm_section() -> list[str]:
-    docs = sorted(RESULTS.glob("communication-*.json"))
-    docs = [d for d in docs if "stand-in" not in d.name]
-    if not docs:
+    doc = next((d for d in map(_load, ("communication-full.json", "communication-cpu.json",
+                                        "communication-quick.json")) if d), None)
+    if not doc:
         return []
-    doc = json.loads(docs[-1].read_text())
     rows = [r for r in doc["rows"] if r["compute"] != "host"]
     cols = ["K", "compute", "link", "nonn_bytes", "split_bytes", "offload_bytes", "nonn_ms", "split_ms",
             "offload_ms", "split_over_nonn"]
