@@ -87,6 +87,18 @@ def import_tensorflow_quietly() -> None:
     logging.getLogger("tensorflow").setLevel(logging.ERROR)
 
 
+def guard_interrupts(what: str, grace_s: float = 10.0,
+                     kill: Callable[[], None] | None = None):
+    """Ctrl-C/SIGTERM raise KeyboardInterrupt (a clean stop, exit 130 via common_options); a
+    second Ctrl-C, or a clean stop still running after ``grace_s``, kills and exits at once."""
+    from nonn_tflite.live.runtime import StopGuard
+
+    def interrupt(signal_name: str) -> None:
+        raise KeyboardInterrupt
+
+    return StopGuard(what, grace_s, kill).install(interrupt)
+
+
 def is_quiet() -> bool:
     ctx = click.get_current_context(silent=True)
     return bool(ctx and ctx.meta.get("quiet"))

@@ -16,7 +16,7 @@ from typing import Any
 
 import click
 
-from nonn_tflite.commands.common import common_options, is_quiet
+from nonn_tflite.commands.common import common_options, guard_interrupts, is_quiet
 
 F = Callable[..., Any]
 PROTOCOL_CHOICE = click.Choice(["auto", "5", "3.1.1"])
@@ -214,6 +214,7 @@ def source(run: Path, broker_url: str, cafile, certfile, keyfile, insecure, prot
             click.echo(f"  sent {n}/{node.total} predicted {len(node.score.predictions)} "
                        f"acc {'-' if acc is None else f'{acc:.3f}'}")
 
+    guard_interrupts("source")
     try:
         score = node.run(progress)
     finally:
@@ -335,12 +336,8 @@ def _start_web(d, web: bool, host: str | None, port: int | None):
 
 
 def _run_demo(d, live: bool) -> dict:
-    import signal
-
-    def on_term(signum, frame):
-        raise KeyboardInterrupt
-
-    signal.signal(signal.SIGTERM, on_term)
+    # Stopping the children takes up to ~10 s (SIGTERM, then SIGKILL); give it 15.
+    guard_interrupts("demo", grace_s=15.0, kill=d.kill)
     if live:
         from rich.live import Live
 

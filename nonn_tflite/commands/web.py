@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from nonn_tflite.commands.common import common_options, is_quiet
+from nonn_tflite.commands.common import common_options, guard_interrupts, is_quiet
 from nonn_tflite.commands.live import broker_option, tls_options
 
 
@@ -80,12 +80,7 @@ def _deployment_info(run: Path | None, name: str | None):
 
 def _serve(duration: float | None) -> None:
     """Until Ctrl-C/SIGTERM (a normal way to stop a server: exit 0) or ``duration``."""
-    import signal
-
-    def on_term(signum, frame):
-        raise KeyboardInterrupt
-
-    signal.signal(signal.SIGTERM, on_term)
+    guard_interrupts("dashboard")
     end = None if duration is None else time.monotonic() + duration
     try:
         while end is None or time.monotonic() < end:

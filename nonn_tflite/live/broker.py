@@ -89,6 +89,12 @@ class BrokerProcess:
             proc.kill()
             proc.wait(timeout_s)
 
+    def kill(self) -> None:
+        """SIGKILL without waiting (safe from a signal handler); stop() would wait and reap."""
+        proc = self.proc
+        if proc is not None and proc.poll() is None:
+            proc.kill()
+
     def restart(self, down_s: float = 0.0) -> None:
         self.stop()
         time.sleep(down_s)

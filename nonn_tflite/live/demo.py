@@ -143,9 +143,12 @@ class Demo:
             self.shutdown()
 
     def shutdown(self) -> None:
-        """Idempotent; ignores a second Ctrl-C so that no process is left behind."""
+        """Idempotent. Under Python's default Ctrl-C handling a second Ctrl-C is ignored so that
+        no process is left behind; a caller with its own handler (the CLI's StopGuard, which
+        kills the children itself) keeps it."""
         previous = signal.getsignal(signal.SIGINT)
-        in_main = threading.current_thread() is threading.main_thread()
+        in_main = (threading.current_thread() is threading.main_thread()
+                   and previous is signal.default_int_handler)
         if in_main:
             signal.signal(signal.SIGINT, signal.SIG_IGN)
         try:
@@ -164,6 +167,14 @@ class Demo:
         finally:
             if in_main:
                 signal.signal(signal.SIGINT, previous)
+
+    def kill(self) -> None:
+        """SIGKILL every process this demo started, without waiting: a forced exit's last act."""
+        for child in list(self.children):
+            if child.proc.poll() is None:
+                child.proc.kill()
+        if self.broker_proc is not None:
+            self.broker_proc.kill()
 
     # ---- start-up -------------------------------------------------------------------------
     def _check_kills(self) -> None:

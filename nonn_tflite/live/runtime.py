@@ -12,8 +12,8 @@ import os
 import signal
 import threading
 import time
-from collections.abc import Iterable
-from typing import Any, Generic, TypeVar
+from collections.abc import Callable, Iterable
+from typing import Any, Generic, NoReturn, TypeVar
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -113,6 +113,59 @@ class WorkerNode:
         raise NotImplementedError
 
 
+class StopGuard:
+    """Makes a stop request always end the process, as a user at a projector expects.
+
+    The first SIGINT/SIGTERM asks for a clean stop (``on_first``: trip a switch, raise
+    KeyboardInterrupt) and gives it ``grace_s``. A clean stop can hang on things outside our
+    control: a broker that stopped answering, a stuck network thread, a child that ignores
+    SIGTERM. When the grace runs out, or at a second Ctrl-C, ``kill`` takes down every process
+    we started and the process exits at once with ``code``, saying so in one line.
+    """
+
+    def __init__(self, what: str, grace_s: float = 15.0,
+                 kill: Callable[[], None] | None = None, code: int = 130) -> None:
+        self.what = what
+        self.grace_s = grace_s
+        self.kill = kill
+        self.code = code
+        self._timer: threading.Timer | None = None
+
+    @property
+    def armed(self) -> bool:
+        return self._timer is not None
+
+    def install(self, on_first: Callable[[str], None]) -> StopGuard:
+        """SIGINT/SIGTERM handlers (main thread only): the first stops cleanly, the next forces."""
+        def handler(signum, frame):
+            name = signal.Signals(signum).name
+            if self.armed:
+                self.force(f"second {name}")
+            self.arm()
+            on_first(name)
+        signal.signal(signal.SIGTERM, handler)
+        signal.signal(signal.SIGINT, handler)
+        return self
+
+    def arm(self) -> None:
+        """Start the grace period (idempotent); a daemon timer, so it never delays an exit."""
+        if self._timer is None:
+            self._timer = threading.Timer(self.grace_s, self.force,
+                                          args=(f"did not stop within {self.grace_s:g} s",))
+            self._timer.daemon = True
+            self._timer.start()
+
+    def force(self, reason: str) -> NoReturn:
+        """Kill what we started and exit now; no clean-up that could hang again."""
+        try:
+            if self.kill is not None:
+                self.kill()
+        finally:
+            extra = " (its processes killed)" if self.kill is not None else ""
+            os.write(2, f"{self.what}: {reason}; forced exit{extra}.\n".encode())
+            os._exit(self.code)
+
+
 class StopSwitch:
     """One event that SIGINT/SIGTERM, a duration limit or a dead parent process can trip."""
 
@@ -125,12 +178,10 @@ class StopSwitch:
             self.reason = reason
             self.event.set()
 
-    def install_signals(self) -> None:
-        """Only from the main thread; the node then shuts down cleanly instead of dying."""
-        def handler(signum, frame):
-            self.trip(signal.Signals(signum).name)
-        signal.signal(signal.SIGTERM, handler)
-        signal.signal(signal.SIGINT, handler)
+    def install_signals(self, what: str = "node", grace_s: float = 10.0) -> StopGuard:
+        """Only from the main thread; the node then shuts down cleanly instead of dying, and
+        a second signal (or a stop that hangs for ``grace_s``) ends it anyway."""
+        return StopGuard(what, grace_s).install(self.trip)
 
     def wait(self, duration_s: float | None = None, watch_parent: int | None = None) -> str:
         """Block until tripped, ``duration_s`` elapsed, or parent ``watch_parent`` is gone."""
@@ -154,7 +205,7 @@ def serve(node, duration_s: float | None = None) -> str:
     death of a watching parent; always stops it cleanly (status ``offline``, final stats)."""
     switch = StopSwitch()
     if threading.current_thread() is threading.main_thread():
-        switch.install_signals()
+        switch.install_signals(getattr(getattr(node, "config", None), "node", "node"))
     node.start()
     try:
         return switch.wait(duration_s, parent_to_watch())

@@ -70,6 +70,33 @@ def test_ctrl_c_stops_everything(tiny_run, cli, procs):
     assert not alive, f"orphans: {[c.pid for c in alive]}"
 
 
+def test_a_second_ctrl_c_kills_hung_nodes_and_exits_at_once(tiny_run, cli, procs):
+    """Nodes and broker frozen (SIGSTOP: a hung board, a wedged broker), so a clean stop would
+    take 10 s of timeouts; a second Ctrl-C must end the demo at once with nothing left behind."""
+    p = subprocess.Popen(cli("demo", str(tiny_run), "--rate", "20", "--frames", "2000",
+                             "--no-dashboard"),
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    procs.append(p)
+    end = time.monotonic() + 40
+    while "frames" not in p.stdout.readline():
+        assert time.monotonic() < end and p.poll() is None, p.stderr.read()[-2000:]
+    children = _descendants(p.pid)
+    assert len(children) >= 4
+    for c in children:
+        c.suspend()
+    p.send_signal(signal.SIGINT)
+    time.sleep(1.0)
+    assert p.poll() is None  # still waiting for its frozen children
+    t0 = time.monotonic()
+    p.send_signal(signal.SIGINT)
+    _, stderr = p.communicate(timeout=20)
+    assert time.monotonic() - t0 < 5
+    assert p.returncode == 130 and "demo: second SIGINT; forced exit" in stderr
+    assert "Traceback" not in stderr
+    _, alive = psutil.wait_procs(children, timeout=5)
+    assert not alive, f"orphans: {[c.pid for c in alive]}"
+
+
 def test_demo_sigterm_stops_children(tiny_run, cli, procs):
     """Only the demo is signalled (e.g. by a service manager): it must take its children down."""
     p = subprocess.Popen(cli("demo", str(tiny_run), "--rate", "20", "--frames", "2000",
