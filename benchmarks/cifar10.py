@@ -346,13 +346,21 @@ def plot(ctx: Context, rows: list[dict]) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7, 4.5), dpi=110)
+    ablation_label = "K=4 ablations (random, contiguous, no dropout)"
     for r in rows:
         if r["acc_int8"] is None or not r["flash_kb"]:
             continue
         mem = r["flash_kb"] + r["arena_kb"]
+        if r["note"].startswith("ablation"):  # same students as nonn-k4: unlabelled, hollow
+            ax.scatter(mem, 100 * r["acc_int8"], facecolors="none", edgecolors="tab:blue", s=40,
+                       label=ablation_label)
+            ablation_label = None
+            continue
         colour = "black" if r["system"] == "teacher" else ("tab:blue" if r["system"].startswith("nonn") else "tab:gray")
         ax.scatter(mem, 100 * r["acc_int8"], color=colour, s=40)
         ax.annotate(r["system"], (mem, 100 * r["acc_int8"]), fontsize=7, xytext=(4, 2), textcoords="offset points")
+    if ablation_label is None:
+        ax.legend(fontsize=7, loc="lower right")
     ax.set_xscale("log")
     ax.set_xlabel("per-device memory: flash + arena (KB, log)")
     ax.set_ylabel("int8 test accuracy (%)")
