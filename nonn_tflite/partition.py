@@ -36,6 +36,7 @@ class PartitionResult:
     modularity: float
     importance: np.ndarray  # mean activity per filter
     graph: object = field(repr=False, default=None)  # networkx.Graph
+    warning: str | None = None  # the partition carries no network structure (see structure_warning)
 
     def to_json(self, cfg: PartitionConfig, feature_layer: str, num_images: int) -> dict:
         imp = self.importance
@@ -55,6 +56,7 @@ class PartitionResult:
             "feature_layer": feature_layer,
             "num_images": int(num_images),
             "edges": int(self.graph.number_of_edges()) if self.graph is not None else 0,
+            "warning": self.warning,
         }
 
 
@@ -277,7 +279,23 @@ def partition_filters(activity: np.ndarray, cfg: PartitionConfig) -> PartitionRe
     communities = louvain(graph, cfg.resolution, cfg.seed)
     parts = merge_balanced(graph, weights, communities, cfg.students, importance, cfg.seed,
                            cfg.resolution)
-    return PartitionResult(parts, communities, modularity(graph, parts), importance, graph)
+    q = modularity(graph, parts)
+    return PartitionResult(parts, communities, q, importance, graph,
+                           structure_warning(graph, q, cfg.students, cfg.percentile))
+
+
+def structure_warning(graph, q: float, k: int, percentile: float | None) -> str | None:
+    """Say so when the K parts keep no more of the network's structure than chance (modularity
+    <= 0): the partition is then no better than a random one. Measured on a 64-filter ResNet-20
+    at the reference's 99th percentile (tuned for 256 filters): 21 edges, 50 communities, merged
+    modularity -0.28, and K=4 accuracy equal to a random partition's; 90 keeps 202 edges (+0.17)."""
+    if k < 2 or graph.number_of_edges() == 0 or q > 0:
+        return None
+    c, e = graph.number_of_nodes(), graph.number_of_edges()
+    hint = (f"; a lower --percentile keeps more edges (now {percentile:g})"
+            if percentile else "")
+    return (f"the {k} parts cut the filter network's communities (modularity {q:.2f} <= 0; "
+            f"{e} edges for {c} filters), so this partition is no better than a random one{hint}")
 
 
 def baseline_partition(c: int, k: int, method: str, seed: int) -> list[list[int]]:

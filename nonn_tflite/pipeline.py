@@ -77,6 +77,8 @@ def run_partition(run: RunDir, cfg: PartitionConfig, force: bool = False) -> dic
         st.metrics = {"num_students": cfg.students, "modularity": doc["modularity"]}
     log.info("partition: %d filters -> %s (modularity %.3f, %d communities)", doc["num_filters"],
              doc["sizes"], doc["modularity"], doc["communities"])
+    if doc["warning"]:
+        log.warning("partition warning: %s", doc["warning"])
     return doc
 
 

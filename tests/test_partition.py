@@ -9,8 +9,8 @@ import pytest
 
 from nonn_tflite.config import PartitionConfig
 from nonn_tflite.errors import PartitionError, UsageError
-from nonn_tflite.partition import (activation_graph, cooccurrence, filter_activity,
-                                   partition_filters, plot_partition)
+from nonn_tflite.partition import (activation_graph, cooccurrence, filter_activity, modularity,
+                                   partition_filters, plot_partition, structure_warning)
 
 
 def planted(k: int, per: int, n: int = 600, seed: int = 0):
@@ -33,6 +33,7 @@ def test_planted_communities_are_recovered(k, per, percentile):
     result = partition_filters(a, PartitionConfig(students=k, percentile=percentile))
     assert sorted(result.partitions) == sorted(groups)
     assert result.modularity > 0.4 * (1 - 1 / k)  # a random split scores about 0
+    assert result.warning is None
 
 
 @pytest.mark.parametrize("rule", ["hebbian-difference", "hebbian"])
@@ -128,3 +129,19 @@ def test_ablation_baselines_are_balanced_and_complete(method):
         assert result.partitions[0] == list(range(8))
     with pytest.raises(UsageError, match="unknown partition method"):
         partition_filters(a, PartitionConfig(students=2, method="spectral"))
+
+
+def test_a_partition_that_cuts_the_network_is_flagged():
+    """A star (one hub tied to 20 filters: what a sparse 99th-percentile graph of a small teacher
+    looks like) cannot fit in one of 4 parts of 16: the parts keep less than chance."""
+    w = np.zeros((64, 64))
+    w[0, 1:21] = w[1:21, 0] = 1.0
+    graph = activation_graph(w, None)
+    parts = [list(range(i, i + 16)) for i in range(0, 64, 16)]
+    q = modularity(graph, parts)
+    assert q <= 0
+    text = structure_warning(graph, q, 4, 99.0)
+    assert "no better than a random one" in text and "20 edges for 64 filters" in text
+    assert "--percentile" in text
+    assert structure_warning(graph, q, 1, 99.0) is None  # K=1: nothing to cut
+    assert structure_warning(graph, 0.3, 4, 99.0) is None

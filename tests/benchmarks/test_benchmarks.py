@@ -83,6 +83,19 @@ def test_cifar10_quick_and_communication_on_a_stand_in(bench_env):
     row = cdoc["rows"][0]
     assert row["nonn_bytes"] < row["split_bytes"] and row["offload_bytes"] == 16 * 16 * 3 + 36
 
+    runs = sorted(work.glob("*/nonn-k4"))
+    assert runs, list(work.iterdir())
+    graph = _run("filter_graph.py", "--run", str(runs[0]), "--percentiles", "99,90,0",
+                 "--label", "quick", env=env)
+    assert graph.returncode == 0, graph.stderr[-3000:]
+    gdoc = json.loads((results / "filter_graph-quick.json").read_text())
+    edges = [r["edges"] for r in gdoc["rows"]]
+    assert [r["percentile"] for r in gdoc["rows"]] == [99.0, 90.0, 0.0]
+    assert edges[0] <= edges[1] <= edges[2] and edges[2] > 0   # a lower percentile keeps more
+    assert all(isinstance(r["warned"], bool) for r in gdoc["rows"])
+    bad = _run("filter_graph.py", "--run", str(work), env=env)
+    assert bad.returncode == 2 and "no teacher.keras" in bad.stderr
+
 
 def test_partition_quick_recovers_planted_groups(bench_env):
     base, env = bench_env
