@@ -72,6 +72,7 @@ class System:
     kind: str  # "teacher" | "nonn" | "resnet8"
     k: int = 1
     method: str = "louvain"
+    percentile: float = 99.0  # edge pruning of the filter network (the reference's 99th)
     beta: float = 10.0
     alpha: float = 0.9
     dropout: float = 0.1
@@ -92,6 +93,8 @@ def systems(p: Profile) -> list[System]:
         System(f"random-k{k}", "nonn", k, method="random", note=f"ablation: random partition, K={k}"),
         System(f"contiguous-k{k}", "nonn", k, method="contiguous", note=f"ablation: contiguous channels, K={k}"),
         System(f"nodrop-k{k}", "nonn", k, dropout=0.0, note=f"ablation: student dropout off, K={k}"),
+        System(f"dense-k{k}", "nonn", k, percentile=90.0,
+               note=f"ablation: Louvain on a denser network (90th percentile edges), K={k}"),
     ]
     return out
 
@@ -211,7 +214,7 @@ def step_nonn(ctx: Context, sys_: System) -> dict:
     p = ctx.profile
     run = run_teacher(path, ctx.data_config(), TeacherConfig("imported", source=str(teacher_dir / "teacher.keras")),
                       quiet=True)
-    run_partition(run, PartitionConfig(students=sys_.k, method=sys_.method))
+    run_partition(run, PartitionConfig(students=sys_.k, method=sys_.method, percentile=sys_.percentile))
     budget = BudgetConfig(p.flash_kb * sys_.budget_scale, p.ram_kb * sys_.budget_scale, [],
                           0.125 * sys_.budget_scale)
     run_distill(RunDir(path), DistillConfig(alpha=sys_.alpha, beta=sys_.beta, student_dropout=sys_.dropout,
@@ -346,7 +349,7 @@ def plot(ctx: Context, rows: list[dict]) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7, 4.5), dpi=110)
-    ablation_label = "K=4 ablations (random, contiguous, no dropout)"
+    ablation_label = "K=4 ablations (random, contiguous, no dropout, denser network)"
     for r in rows:
         if r["acc_int8"] is None or not r["flash_kb"]:
             continue

@@ -65,7 +65,7 @@ def test_cifar10_quick_and_communication_on_a_stand_in(bench_env):
         assert key in doc
     names = {r["system"] for r in doc["rows"]}
     assert {"teacher", "nonn-k2", "nonn-k4", "kd-single", "kdat-single", "fair-total-k4", "resnet8",
-            "random-k4", "contiguous-k4", "nodrop-k4"} <= names
+            "random-k4", "contiguous-k4", "nodrop-k4", "dense-k4"} <= names
     for r in doc["rows"]:
         assert 0.0 <= r["acc_int8"] <= 1.0 and r["flash_kb"] > 0
     # every system's latency re-measured side by side in the assembling run
