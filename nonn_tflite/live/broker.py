@@ -127,11 +127,42 @@ def embedded_broker(port: int | None = None, workdir: Path | None = None) -> Bro
                          env={"NONN_WATCH_PARENT": str(os.getpid())})
 
 
+def mosquitto_security_lines(password_file: Path | None = None, acl_file: Path | None = None,
+                             tls: tuple[Path, Path] | None = None, client_ca: Path | None = None,
+                             identity_from_cert: bool = False) -> list[str]:
+    """The listener's security settings, shared by our launcher and ``broker-config``.
+
+    ``client_ca`` makes mosquitto demand a client certificate signed by that CA
+    (``require_certificate``); ``identity_from_cert`` then takes the user name (for the ACL)
+    from the certificate's CN, so no password is needed or accepted."""
+    lines: list[str] = []
+    if tls is not None:
+        lines += [f"certfile {tls[0]}", f"keyfile {tls[1]}"]
+        if client_ca is not None:
+            lines += [f"cafile {client_ca}", "require_certificate true", "tls_version tlsv1.2"]
+            if identity_from_cert:
+                lines += ["use_identity_as_username true"]
+    elif client_ca is not None:
+        raise ValueError("a client CA needs a TLS listener")
+    if password_file is not None or identity_from_cert:
+        lines += ["allow_anonymous false"]
+        if password_file is not None:
+            lines += [f"password_file {password_file}"]
+    else:
+        lines += ["allow_anonymous true"]
+    if acl_file is not None:
+        lines += [f"acl_file {acl_file}"]
+    return lines
+
+
 def mosquitto_broker(workdir: Path, port: int | None = None, password_file: Path | None = None,
                      tls: tuple[Path, Path] | None = None,
-                     executable: str | None = None) -> BrokerProcess:
+                     executable: str | None = None, acl_file: Path | None = None,
+                     client_ca: Path | None = None,
+                     identity_from_cert: bool = False) -> BrokerProcess:
     """mosquitto with its own config: loopback listener, TCP_NODELAY, no persistence;
-    ``tls=(certfile, keyfile)`` makes the listener mqtts."""
+    ``tls=(certfile, keyfile)`` makes the listener mqtts. The security settings are those of
+    :func:`mosquitto_security_lines`."""
     exe = executable or shutil.which("mosquitto") or "/usr/sbin/mosquitto"
     if not Path(exe).exists():
         raise BrokerStartError("mosquitto not found (apt-get install mosquitto)")
@@ -146,12 +177,7 @@ def mosquitto_broker(workdir: Path, port: int | None = None, password_file: Path
     lines = [f"listener {port} {LOOPBACK}", f"user {user}", "set_tcp_nodelay true",
              "persistence false",
              "log_dest stderr", "log_type error", "log_type warning"]
-    if tls is not None:
-        lines += [f"certfile {tls[0]}", f"keyfile {tls[1]}"]
-    if password_file is not None:
-        lines += ["allow_anonymous false", f"password_file {password_file}"]
-    else:
-        lines += ["allow_anonymous true"]
+    lines += mosquitto_security_lines(password_file, acl_file, tls, client_ca, identity_from_cert)
     conf = workdir / f"mosquitto-{port}.conf"
     conf.write_text("\n".join(lines) + "\n")
     return BrokerProcess([exe, "-c", str(conf)], LOOPBACK, port, workdir / f"mosquitto-{port}.log",
