@@ -27,6 +27,7 @@ COMMANDS = {
     "device": "live:device",
     "fusion": "live:fusion",
     "source": "live:source",
+    "broker-config": "live:broker_config",
     "dashboard": "web:dashboard",
     "report": "web:report",
 }

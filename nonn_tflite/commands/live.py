@@ -6,6 +6,7 @@ a Raspberry Pi needs nothing more than the base install.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import sys
@@ -45,9 +46,26 @@ def broker_option(default: str | None) -> F:
         "(env NONN_BROKER)." + ("" if default else " Default: an embedded broker on 127.0.0.1."))
 
 
-def _broker(url: str, cafile, certfile, keyfile, insecure: bool, protocol: str):
+CREDENTIALS_OPTION = click.option(
+    "--credentials", type=FILE, metavar="FILE",
+    help="This node's credentials.json from `nonn-tflite broker-config` (user, password or "
+         "client certificate; its broker URL unless --broker is given).")
+
+
+def _broker(url: str, cafile, certfile, keyfile, insecure: bool, protocol: str,
+            credentials: str | None = None):
     from nonn_tflite.live.mqtt import BrokerConfig
 
+    if credentials:
+        from nonn_tflite.live.secure import load_credentials
+
+        ctx = click.get_current_context(silent=True)
+        given = ctx is not None and ctx.get_parameter_source("broker_url") not in (
+            None, click.core.ParameterSource.DEFAULT)
+        config = load_credentials(credentials).broker_config(
+            url if given else None, protocol=protocol, cafile=cafile, certfile=certfile,
+            keyfile=keyfile)
+        return dataclasses.replace(config, insecure=True) if insecure else config
     return BrokerConfig.from_url(url, cafile=cafile, certfile=certfile, keyfile=keyfile,
                                  insecure=insecure, protocol=protocol)
 
@@ -81,9 +99,10 @@ RUN_ARG = click.argument("run", type=click.Path(exists=True, path_type=Path))
               help="Use LiteRT's XNNPACK (faster; may differ from TFLite Micro by 1 LSB).")
 @click.option("--client-id", help="MQTT client id (default: nonn-device-<k>-<random>).")
 @click.option("--duration", type=float, metavar="S", help="Stop after S seconds.")
+@CREDENTIALS_OPTION
 @common_options
 def device(run: Path, student: int, broker_url: str, cafile, certfile, keyfile, insecure,
-           protocol, queue: int, xnnpack: bool, client_id, duration) -> None:
+           protocol, queue: int, xnnpack: bool, client_id, duration, credentials) -> None:
     """Run one student of a deployment as a device node, say on a Raspberry Pi.
 
     Receives image frames, runs the int8 student under LiteRT and publishes its pooled feature
@@ -93,17 +112,21 @@ def device(run: Path, student: int, broker_url: str, cafile, certfile, keyfile, 
     Example:
       nonn-tflite device runs/c10 --student 0 \\
           --broker mqtts://user:pw@gw.local:8883 --cafile ca.pem
+      nonn-tflite device runs/c10 --student 0 \\
+          --credentials broker/nodes/device-0/credentials.json
     """
     from nonn_tflite.live.device import DeviceConfig, DeviceNode
     from nonn_tflite.deployment import load_deployment
     from nonn_tflite.live.runtime import serve
+    from nonn_tflite.wire import HEADER_SIZE
 
     dep = load_deployment(run)
     cfg = DeviceConfig(student=student, queue=queue, xnnpack=xnnpack, client_id=client_id)
-    node = DeviceNode(dep, _broker(broker_url, cafile, certfile, keyfile, insecure, protocol), cfg)
+    node = DeviceNode(dep, _broker(broker_url, cafile, certfile, keyfile, insecure, protocol,
+                                   credentials), cfg)
     spec = dep.student(student)
     _say(f"{cfg.node} of {dep.name}: {spec.file}, {spec.width} values -> "
-         f"{36 + spec.width} B/frame, broker {node.conn.broker.url}")
+         f"{HEADER_SIZE + spec.width} B/frame, broker {node.conn.broker.url}")
     reason = serve(node, duration)
     s = node.stats()
     _say(f"{cfg.node} stopped ({reason}): {s['inferences']} inferences, {s['bytes_sent']} B "
@@ -129,9 +152,11 @@ def device(run: Path, student: int, broker_url: str, cafile, certfile, keyfile, 
 @click.option("--xnnpack", is_flag=True, help="Use LiteRT's XNNPACK delegate.")
 @click.option("--client-id", help="MQTT client id (default: nonn-<name>-<random>).")
 @click.option("--duration", type=float, metavar="S", help="Stop after S seconds.")
+@CREDENTIALS_OPTION
 @common_options
 def fusion(run: Path, broker_url: str, cafile, certfile, keyfile, insecure, protocol, group,
-           name: str, deadline_ms, queue: int, xnnpack: bool, client_id, duration) -> None:
+           name: str, deadline_ms, queue: int, xnnpack: bool, client_id, duration,
+           credentials) -> None:
     """Run the fusion node on the gateway: K feature vectors in, predictions out.
 
     Missing students are zero-filled at the deadline; duplicates, late and out-of-order vectors
@@ -149,8 +174,8 @@ def fusion(run: Path, broker_url: str, cafile, certfile, keyfile, insecure, prot
     dep = load_deployment(run)
     cfg = FusionConfig(deadline_ms=deadline_ms, group=group, queue=queue, xnnpack=xnnpack,
                        client_id=client_id, node=name)
-    node = FusionNode(dep, _broker(broker_url, cafile, certfile, keyfile, insecure, protocol),
-                      cfg)
+    node = FusionNode(dep, _broker(broker_url, cafile, certfile, keyfile, insecure, protocol,
+                                   credentials), cfg)
     _say(f"{name} of {dep.name}: {len(dep.students)} students -> {dep.num_classes} classes, "
          f"broker {node.conn.broker.url}{f', group {group}' if group else ''}")
     reason = serve(node, duration)
@@ -180,9 +205,11 @@ def fusion(run: Path, broker_url: str, cafile, certfile, keyfile, insecure, prot
 @click.option("--summary", type=click.Path(dir_okay=False, path_type=Path),
               help="Write accuracy and latency as JSON.")
 @click.option("--client-id", help="MQTT client id.")
+@CREDENTIALS_OPTION
 @common_options
 def source(run: Path, broker_url: str, cafile, certfile, keyfile, insecure, protocol,
-           rate: float, frames, images, npz, drain: float, summary, client_id) -> None:
+           rate: float, frames, images, npz, drain: float, summary, client_id,
+           credentials) -> None:
     """Act as the camera: publish test images at a fixed rate and score the predictions.
 
     Images come from RUN/tflite/test_sample.npz unless --images or --npz is given; labels stay
@@ -197,9 +224,9 @@ def source(run: Path, broker_url: str, cafile, certfile, keyfile, insecure, prot
 
     dep = load_deployment(run)
     data = load_images(dep, run, images, npz)
-    node = SourceNode(dep, _broker(broker_url, cafile, certfile, keyfile, insecure, protocol),
-                      data, SourceConfig(rate=rate, frames=frames, drain_s=drain,
-                                         client_id=client_id))
+    broker = _broker(broker_url, cafile, certfile, keyfile, insecure, protocol, credentials)
+    node = SourceNode(dep, broker, data, SourceConfig(rate=rate, frames=frames, drain_s=drain,
+                                                      client_id=client_id))
     node.start()
     from nonn_tflite.web.source_stats import SourceStats  # stats/source, for dashboards
 
@@ -233,6 +260,59 @@ def source(run: Path, broker_url: str, cafile, certfile, keyfile, insecure, prot
                f"{result['latency_ms']['p99'] or 0:.1f} ms")
 
 
+# ---- broker-config --------------------------------------------------------------------------
+
+@click.command("broker-config")
+@RUN_ARG
+@click.option("--out", "-o", type=click.Path(file_okay=False, path_type=Path), required=True,
+              help="Folder to write (mosquitto.conf, acl, passwd or tls/, nodes/<user>/).")
+@click.option("--tls", is_flag=True, help="A CA and one client certificate per node; the "
+              "certificate's CN is the user (no passwords). Needs the openssl command.")
+@click.option("--host", default="127.0.0.1", show_default=True, metavar="HOST",
+              help="Where nodes reach the broker (their URL and the server certificate).")
+@click.option("--port", type=click.IntRange(1, 65535),
+              help="Listener port  [default: 1883, 8883 with --tls].")
+@click.option("--bind", metavar="ADDR", help="Listener address  [default: HOST if it is an "
+              "IP address, else every address].")
+@click.option("--name", "names", multiple=True, metavar="NAME",
+              help="Another DNS name or IP of the broker for its certificate (repeatable).")
+@click.option("--fusion-workers", type=click.IntRange(1, 16), default=1, show_default=True,
+              help="Fusion workers fusion-0..N-1 that share the fusion user.")
+@click.option("--days", type=click.IntRange(1, 36500), default=365, show_default=True,
+              help="Validity of the certificates.")
+@click.option("--force", is_flag=True, help="Replace an existing --out (new secrets for all).")
+@common_options
+def broker_config(run: Path, out: Path, tls: bool, host: str, port, bind, names,
+                  fusion_workers: int, days: int, force: bool) -> None:
+    """Write a mosquitto configuration giving every node its own identity and topics.
+
+    One user per device, one for the fusion node, the source and a read-only dashboard; an ACL
+    under which a device may publish only its own feature, status and stats topics, only the
+    fusion may publish predictions and only the source images. Each node gets
+    nodes/<user>/credentials.json (0600) for --credentials. Passwords are never printed.
+
+    \b
+    Example:
+      nonn-tflite broker-config runs/c10 --out broker --tls --host gw.local
+      mosquitto -c broker/mosquitto.conf
+      nonn-tflite device runs/c10 --student 0 \\
+          --credentials broker/nodes/device-0/credentials.json
+    """
+    from nonn_tflite.deployment import load_deployment
+    from nonn_tflite.live.secure import SecureConfig, write_broker_config
+
+    dep = load_deployment(run)
+    setup = write_broker_config(dep, out, SecureConfig(
+        host=host, port=port, bind=bind, tls=tls, names=tuple(names),
+        fusion_workers=fusion_workers, days=days), force=force)
+    how = ("client certificates (CN = user), CA in tls/" if tls
+           else f"passwords ({setup.hashed_by}, PBKDF2-SHA512)")
+    _say(f"broker for {dep.name} at {setup.config.url}: users {', '.join(setup.users)}; "
+         f"{how}; ACL {setup.acl}")
+    _say(f"start it:  mosquitto -c {setup.conf}")
+    _say(f"each node: --credentials {setup.folder}/nodes/<user>/credentials.json")
+
+
 # ---- demo -----------------------------------------------------------------------------------
 
 @click.command()
@@ -262,6 +342,9 @@ def source(run: Path, broker_url: str, cafile, certfile, keyfile, insecure, prot
 @click.option("--xnnpack", is_flag=True, help="Use LiteRT's XNNPACK delegate everywhere.")
 @click.option("--log-dir", type=click.Path(file_okay=False, path_type=Path),
               help="Where the node processes write their logs (default: a temp folder).")
+@click.option("--secure", is_flag=True, help="Start mosquitto with `broker-config --tls` "
+              "(written to the log folder): every node connects with its own client "
+              "certificate and may publish only its own topics.")
 # ---- web dashboard options (nonn_tflite/web) ----
 @click.option("--web", is_flag=True, help="Also serve a live dashboard page in the browser.")
 @click.option("--port", type=click.IntRange(0, 65535), default=None,
@@ -272,7 +355,7 @@ def source(run: Path, broker_url: str, cafile, certfile, keyfile, insecure, prot
 @common_options
 def demo(run: Path, broker_url, cafile, certfile, keyfile, insecure, protocol, rate: float,
          frames, kills, summary, no_dashboard: bool, deadline_ms, fusion_workers: int, images,
-         npz, xnnpack: bool, log_dir, web: bool, port, host) -> None:
+         npz, xnnpack: bool, log_dir, secure: bool, web: bool, port, host) -> None:
     """Run the whole system locally: broker, K devices, fusion, source and a live dashboard.
 
     Every device and fusion worker is its own process. Ends with a summary table comparing the
@@ -284,20 +367,24 @@ def demo(run: Path, broker_url, cafile, certfile, keyfile, insecure, protocol, r
       nonn-tflite demo runs/c10 --broker mqtt://127.0.0.1:1883 --rate 50 --frames 2000 \\
           --kill-device 1@10s --summary out.json
       nonn-tflite demo runs/digits-k2 --web --port 8080   # open http://127.0.0.1:8080/
+      nonn-tflite demo runs/digits-k2 --secure   # mosquitto, per-node certificates + ACL
     """
     from nonn_tflite.live.demo import Demo, DemoConfig, parse_kill
 
+    from nonn_tflite.errors import UsageError
+
+    if secure and (broker_url or cafile or certfile or keyfile or insecure):
+        raise UsageError("--secure starts its own mosquitto with per-node certificates; drop "
+                         "--broker/--cafile/--certfile/--keyfile/--insecure")
     broker = (_broker(broker_url, cafile, certfile, keyfile, insecure, protocol)
               if broker_url else None)
-    if broker is None and fusion_workers > 1:
-        from nonn_tflite.errors import UsageError
-
+    if broker is None and not secure and fusion_workers > 1:
         raise UsageError("--fusion-workers > 1 needs --broker with shared subscriptions "
-                         "(the embedded amqtt broker has none)")
+                         "or --secure (the embedded amqtt broker has none)")
     config = DemoConfig(run=run, broker=broker, rate=rate, frames=frames,
                         kills=tuple(parse_kill(k) for k in kills), deadline_ms=deadline_ms,
                         fusion_workers=fusion_workers, xnnpack=xnnpack, images=images, npz=npz,
-                        log_dir=log_dir)
+                        log_dir=log_dir, secure=secure)
     live = not no_dashboard and sys.stdout.isatty() and not is_quiet()
     d = Demo(config)
     # ---- web dashboard (--web) ----
@@ -380,6 +467,8 @@ def _print_summary(s: dict) -> None:
             ("bytes per frame", ", ".join(f"{k} {v}" for k, v in s["bytes_per_frame"].items())),
             ("killed", ", ".join(f"device {k['device']} at {k['at_s']:.1f}s"
                                  for k in s["killed"]) or "-")]
+    if s.get("secure"):
+        rows.append(("broker identities", "per-node client certificates + ACL"))
     for name, value in rows:
         table.add_row(name, fmt(value))
     if not is_quiet():

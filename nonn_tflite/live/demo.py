@@ -28,6 +28,7 @@ from nonn_tflite.live.broker import BrokerProcess, embedded_broker
 from nonn_tflite.live.dashboard import Monitor, View, fusion_totals, rejected_total
 from nonn_tflite.deployment import Deployment, load_deployment
 from nonn_tflite.live.mqtt import BrokerConfig
+from nonn_tflite.live.secure import BrokerSetup
 from nonn_tflite.live.offline import OfflineSystem
 from nonn_tflite.live.protocol import HEADER_SIZE
 from nonn_tflite.live.source import ImageSet, SourceConfig, SourceNode, load_images
@@ -69,6 +70,7 @@ class DemoConfig:
     start_timeout_s: float = 30.0
     drain_s: float = 3.0
     log_dir: Path | None = None
+    secure: bool = False  # own mosquitto: per-node client certificates and an ACL
 
 
 @dataclass
@@ -127,6 +129,10 @@ class Demo:
         self.source: SourceNode | None = None
         self.offline: dict[int, int] = {}
         self.hooks = DemoHooks()  # --web
+        self.secure: BrokerSetup | None = None  # --secure: the broker-config it wrote
+        if config.secure and config.broker is not None:
+            raise UsageError("--secure starts its own mosquitto with per-node identities; "
+                             "drop --broker (or use `nonn-tflite broker-config` for yours)")
 
     # ---- public ---------------------------------------------------------------------------
     def run(self) -> dict:
@@ -186,27 +192,50 @@ class Demo:
 
     def _start(self) -> None:
         self.state.started = time.monotonic()
-        if self.broker is None:
+        if self.config.secure:
+            self._start_secure_broker()
+        elif self.broker is None:
             self.broker_proc = embedded_broker(workdir=self.log_dir).start()
             # amqtt speaks MQTT 3.1.1 only; saying so saves every node a 5.0 probe.
             self.broker = BrokerConfig.from_url(self.broker_proc.url, protocol="3.1.1")
             self._event(f"embedded amqtt broker on {self.broker.url}")
-        if self.hooks.broker_ready is not None:  # --web
+        if self.hooks.broker_ready is not None:  # --web (as the read-only dashboard user)
             self.hooks.broker_ready(self.broker)
         self.monitor = Monitor(self.deployment, self.broker).start()
         t_spawn = time.time()
         for k in sorted(s.id for s in self.deployment.students):
             self._spawn(f"device-{k}", ["device", "--student", str(k), "--queue",
-                                        str(self.config.queue)])
+                                        str(self.config.queue)], user=f"device-{k}")
         for name, extra in self._fusion_args():
-            self._spawn(name, ["fusion", *extra])
+            self._spawn(name, ["fusion", *extra], user="fusion")
         self._compute_offline()
         self._wait_online(t_spawn)
-        self.source = SourceNode(self.deployment, self.broker, self.images, SourceConfig(
+        self.source = SourceNode(self.deployment, self._node_broker("source"), self.images,
+                                 SourceConfig(
             rate=self.config.rate, frames=self.config.frames, drain_s=self.config.drain_s))
         self.source.start()
         if self.hooks.source_ready is not None:  # --web
             self.hooks.source_ready(self.source)
+
+    def _start_secure_broker(self) -> None:
+        """broker-config into the log folder (fresh CA, keys and ACL each run), then mosquitto
+        with it; the demo itself watches as the read-only dashboard user."""
+        from nonn_tflite.live.broker import free_port
+        from nonn_tflite.live.secure import SecureConfig, write_broker_config
+
+        self.secure = write_broker_config(self.deployment, self.log_dir / "broker-config",
+                                          SecureConfig(port=free_port(), tls=True,
+                                                       fusion_workers=self.config.fusion_workers),
+                                          force=True)
+        self.broker_proc = self.secure.broker_process(self.log_dir).start()
+        self.broker = self._node_broker("dashboard")
+        self._event(f"mosquitto with per-node certificates and ACL on {self.broker.url}")
+
+    def _node_broker(self, user: str) -> BrokerConfig:
+        """The connection of one role: its own credentials under --secure, else the shared."""
+        if self.secure is None:
+            return self.broker
+        return self.secure.credentials(user).broker_config(protocol="5")  # mosquitto 2
 
     def _fusion_args(self) -> list[tuple[str, list[str]]]:
         extra = [] if self.config.deadline_ms is None else ["--deadline-ms",
@@ -216,20 +245,24 @@ class Demo:
         return [(f"fusion-{i}", [*extra, "--group", GROUP, "--name", f"fusion-{i}"])
                 for i in range(self.config.fusion_workers)]
 
-    def _spawn(self, name: str, args: list[str]) -> None:
+    def _spawn(self, name: str, args: list[str], user: str) -> None:
         b = self.broker
         argv = [sys.executable, "-m", "nonn_tflite.cli", *args[:1], str(self.config.run),
                 *args[1:], "--protocol", b.protocol, "-q"]
-        for opt, value in (("--cafile", b.cafile), ("--certfile", b.certfile),
-                           ("--keyfile", b.keyfile)):
-            if value:
-                argv += [opt, value]
-        if b.insecure:
-            argv.append("--insecure")
+        url = b.to_url(redact=False)  # passed in the environment: not visible in `ps`
+        if self.secure is not None:  # its own identity: certificate and key, no password
+            argv += ["--credentials", str(self.secure.credentials_path(user))]
+            url = self.secure.config.url
+        else:
+            for opt, value in (("--cafile", b.cafile), ("--certfile", b.certfile),
+                               ("--keyfile", b.keyfile)):
+                if value:
+                    argv += [opt, value]
+            if b.insecure:
+                argv.append("--insecure")
         if self.config.xnnpack:
             argv.append("--xnnpack")
-        env = {**os.environ, "NONN_BROKER": b.to_url(redact=False),  # not visible in `ps`
-               "NONN_WATCH_PARENT": str(os.getpid())}
+        env = {**os.environ, "NONN_BROKER": url, "NONN_WATCH_PARENT": str(os.getpid())}
         path = self.log_dir / f"{name}.log"
         with open(path, "ab") as logf:
             proc = subprocess.Popen(argv, stdout=logf, stderr=subprocess.STDOUT,
@@ -361,7 +394,9 @@ class Demo:
         return {
             "deployment": self.deployment.name,
             "broker": self.broker.url,
-            "embedded_broker": self.broker_proc is not None,
+            "embedded_broker": self.broker_proc is not None and self.secure is None,
+            "secure": self.secure is not None,
+            "broker_config": str(self.secure.folder) if self.secure else None,
             "frames": score.frames,
             "predicted": len(rows),
             "accuracy": score.accuracy,
