@@ -51,7 +51,9 @@ class PartitionConfig:
     method: str = "louvain"  # or the ablation baselines "random" and "contiguous"
     rule: str = "hebbian-difference"  # or "hebbian"
     top_k: int = 50
-    percentile: float | None = 99.0  # drop edges under this percentile of non-zero weights
+    # drop edges under this percentile of non-zero weights; "auto" chooses it from the network
+    # (partition.choose_percentile), None keeps every edge
+    percentile: float | str | None = "auto"
     resolution: float = 1.0
     feature_layer: str | None = None
     max_images: int = 5000

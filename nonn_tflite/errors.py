@@ -56,3 +56,7 @@ class CompatibilityError(ConversionError):
 
 class BoardFitError(NonnError):
     """A model does not fit the flash or RAM of its board."""
+
+
+class InternalError(NonnError):
+    """An internal invariant failed (a bug in the toolkit, not bad input): exit code 1."""

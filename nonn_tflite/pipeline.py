@@ -75,8 +75,10 @@ def run_partition(run: RunDir, cfg: PartitionConfig, force: bool = False) -> dic
         plot_partition(result, st.dir / "partition.png", cfg.seed)
         st.config = to_dict(cfg)
         st.metrics = {"num_students": cfg.students, "modularity": doc["modularity"]}
-    log.info("partition: %d filters -> %s (modularity %.3f, %d communities)", doc["num_filters"],
-             doc["sizes"], doc["modularity"], doc["communities"])
+    log.info("partition: %d filters -> %s (edge percentile %s%s, %d edges, modularity %.3f, "
+             "%d communities)", doc["num_filters"], doc["sizes"], doc["percentile"],
+             " chosen by auto" if doc["percentile_requested"] == "auto" else "", doc["edges"],
+             doc["modularity"], doc["communities"])
     if doc["warning"]:
         log.warning("partition warning: %s", doc["warning"])
     return doc

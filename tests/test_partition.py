@@ -8,9 +8,28 @@ import numpy as np
 import pytest
 
 from nonn_tflite.config import PartitionConfig
-from nonn_tflite.errors import PartitionError, UsageError
-from nonn_tflite.partition import (activation_graph, cooccurrence, filter_activity, modularity,
-                                   partition_filters, plot_partition, structure_warning)
+from nonn_tflite.errors import InternalError, PartitionError, UsageError
+from nonn_tflite.partition import (AUTO_PERCENTILES, activation_graph, check_cover,
+                                   choose_percentile, cooccurrence, filter_activity, modularity,
+                                   null_modularity, partition_filters, plot_partition,
+                                   structure_warning, top_filters)
+
+
+def loop_cooccurrence(activity, top_k=50, rule="hebbian-difference"):
+    """The per-image loop ``cooccurrence`` used to be (kept verbatim as the oracle)."""
+    n, c = activity.shape
+    k = max(2, min(top_k, c))
+    w = np.zeros((c, c), dtype=np.float64)
+    top = np.argsort(-activity, axis=1, kind="stable")[:, :k]
+    for i in range(n):
+        idx = top[i]
+        v = activity[i, idx].astype(np.float64)
+        block = np.outer(v, v)
+        if rule == "hebbian-difference":
+            block *= np.abs(v[:, None] - v[None, :])
+        w[np.ix_(idx, idx)] += block
+    np.fill_diagonal(w, 0.0)
+    return w / w.max() if w.max() > 0 else w
 
 
 def planted(k: int, per: int, n: int = 600, seed: int = 0):
@@ -145,3 +164,115 @@ def test_a_partition_that_cuts_the_network_is_flagged():
     assert "--percentile" in text
     assert structure_warning(graph, q, 1, 99.0) is None  # K=1: nothing to cut
     assert structure_warning(graph, 0.3, 4, 99.0) is None
+
+
+@pytest.mark.parametrize("rule", ["hebbian-difference", "hebbian"])
+@pytest.mark.parametrize("n,c,top_k,dtype", [(700, 96, 50, np.float32), (300, 40, 7, np.float64),
+                                             (50, 2, 50, np.float32), (80, 5, 1, np.float64),
+                                             (3000, 64, 50, np.float32)])
+def test_chunked_cooccurrence_is_bit_identical_to_the_loop(rule, n, c, top_k, dtype):
+    rng = np.random.default_rng(n + c)
+    a = rng.random((n, c)).astype(dtype)
+    a[::3] = np.round(a[::3], 1)  # many ties at the k-th value
+    a[1::7, : c // 2] = 0.0  # and zero activity
+    a = a / np.maximum(a.max(axis=1, keepdims=True), 1e-12)
+    expected = loop_cooccurrence(a, top_k, rule)
+    for chunk in (1, 977, 1 << 17):  # one pair at a time, ragged chunks, the default
+        assert np.array_equal(cooccurrence(a, top_k, rule, chunk=chunk), expected)
+
+
+def test_top_filters_is_the_stable_argsort_set():
+    rng = np.random.default_rng(0)
+    a = np.round(rng.random((400, 30)), 1)  # ties everywhere
+    for k in (1, 5, 29, 30, 31):
+        want = np.sort(np.argsort(-a, axis=1, kind="stable")[:, :k], axis=1)
+        assert np.array_equal(top_filters(a, k), want)
+
+
+def star_and_groups(seed: int = 0) -> np.ndarray:
+    """64 filters in 4 planted groups of 16 (ties 0.3-0.5), a faint background on every pair,
+    and a hub tied at full strength to 20 filters across the groups: the top 1 % of edges is
+    then the star alone, which no part of 16 can hold (a sparse 99th-percentile network)."""
+    rng = np.random.default_rng(seed)
+    w = rng.uniform(0.01, 0.05, (64, 64))
+    for g in range(4):
+        idx = np.arange(g * 16, g * 16 + 16)
+        w[np.ix_(idx, idx)] = rng.uniform(0.3, 0.5, (16, 16))
+    spokes = rng.choice(np.arange(1, 64), 20, replace=False)
+    w[0, spokes] = 1.0
+    w = np.triu(w, 1)
+    return w + w.T
+
+
+def test_auto_percentile_lowers_until_the_parts_keep_structure():
+    w = star_and_groups()
+    cfg = PartitionConfig(students=4)
+    chosen, search = choose_percentile(w, np.full(64, 0.5), cfg)
+    assert search[0]["percentile"] == 99.0 and not search[0]["accepted"]
+    assert 20 <= search[0]["edges"] <= 22  # the star (and a strong group tie or two)
+    assert search[-1]["accepted"] and search[-1]["percentile"] == chosen
+    assert chosen is not None and chosen < 99.0
+    assert all(not row["accepted"] for row in search[:-1])
+    assert search[-1]["modularity"] > 0 and search[-1]["z"] >= 3.0
+    assert [r["percentile"] for r in search] == list(AUTO_PERCENTILES[: len(search)])
+
+
+def test_auto_keeps_the_reference_percentile_when_it_works():
+    a, groups = planted(4, 16)
+    result = partition_filters(a, PartitionConfig(students=4))  # default: auto
+    assert result.percentile == 99.0 and len(result.search) == 1 and result.search[0]["accepted"]
+    assert sorted(result.partitions) == sorted(groups)
+    doc = result.to_json(PartitionConfig(students=4), "features", len(a))
+    assert doc["percentile"] == 99.0 and doc["percentile_requested"] == "auto"
+    assert doc["percentile_search"][0]["z"] > 3
+
+
+def test_percentile_override_is_used_as_given():
+    a, _ = planted(2, 8)
+    for p in (99.0, 90.0, None):
+        result = partition_filters(a, PartitionConfig(students=2, percentile=p))
+        assert result.percentile == p and result.search == []
+        assert result.to_json(PartitionConfig(students=2, percentile=p), "f", len(a))["percentile"] == p
+
+
+def test_null_modularity_of_random_splits_is_about_zero():
+    w = star_and_groups(1)
+    graph = activation_graph(w, None)
+    mean, std = null_modularity(graph, 64, 4, seed=0)
+    assert -0.05 < mean < 0.01 and 0 < std < 0.05
+    sparse = activation_graph(w, 99.0)  # 20 edges: a random split's modularity spreads widely
+    assert null_modularity(sparse, 64, 4, seed=0)[1] > 2 * std
+
+
+def test_zero_edge_network_warns():
+    """Every image has one active filter: nothing co-fires, the network has no edges, and the
+    split can only be by index."""
+    a = np.zeros((40, 12))
+    a[np.arange(40), np.arange(40) % 12] = 1.0
+    for p in ("auto", 99.0, None):
+        result = partition_filters(a, PartitionConfig(students=3, percentile=p))
+        assert result.graph.number_of_edges() == 0
+        assert result.warning and "no edges" in result.warning and "12 filters" in result.warning
+        assert sorted(f for part in result.partitions for f in part) == list(range(12))
+    assert partition_filters(a, PartitionConfig(students=1)).warning is None
+
+
+def test_cover_check_raises_an_internal_error():
+    check_cover([[0, 2], [1, 3]], 4, 2)
+    for parts, k in [([[0, 1], [1, 3]], 2), ([[0, 1], [3]], 2), ([[0, 1, 2, 3]], 2),
+                     ([[0, 1, 2, 3], []], 2), ([[0, 1], [2, 3, 4]], 2)]:
+        with pytest.raises(InternalError, match="do not cover the 4 filters exactly once"):
+            check_cover(parts, 4, k)
+    assert InternalError.exit_code == 1 and not issubclass(InternalError, UsageError)
+
+
+def test_percentile_option_parses_auto_and_numbers():
+    from nonn_tflite.commands.pipeline import _partition_cfg
+
+    assert _partition_cfg(2, "louvain", "hebbian", 50, "auto", 1.0, None, 100, 0).percentile == "auto"
+    assert _partition_cfg(2, "louvain", "hebbian", 50, "AUTO", 1.0, None, 100, 0).percentile == "auto"
+    assert _partition_cfg(2, "louvain", "hebbian", 50, "97.5", 1.0, None, 100, 0).percentile == 97.5
+    assert _partition_cfg(2, "louvain", "hebbian", 50, "0", 1.0, None, 100, 0).percentile is None
+    for bad in ("high", "100", "-1"):
+        with pytest.raises(UsageError, match="--percentile .* must be auto or a number in"):
+            _partition_cfg(2, "louvain", "hebbian", 50, bad, 1.0, None, 100, 0)

@@ -46,8 +46,9 @@ partition_options = _stack(
                  default="hebbian-difference", show_default=True, help="Edge weight rule."),
     click.option("--top-k", type=int, default=50, show_default=True,
                  help="Most active filters per image that add edges."),
-    click.option("--percentile", type=float, default=99.0, show_default=True,
-                 help="Drop edges under this percentile of non-zero weights (0 keeps all)."),
+    click.option("--percentile", default="auto", show_default=True,
+                 help="Drop edges under this percentile of non-zero weights (0 keeps all); auto: "
+                      "the sparsest network whose K parts keep significant structure."),
     click.option("--resolution", type=float, default=1.0, show_default=True, help="Louvain resolution."),
     click.option("--feature-layer", default=None, help="Teacher layer to partition (default: last 4-D map)."),
     click.option("--max-images", type=int, default=5000, show_default=True,
@@ -104,7 +105,7 @@ def _teacher_cfg(arch: str, teacher_path: str | None, epochs: int, batch_size: i
                          source=teacher_path)
 
 
-def _partition_cfg(students: int, method: str, rule: str, top_k: int, percentile: float,
+def _partition_cfg(students: int, method: str, rule: str, top_k: int, percentile: str | float,
                    resolution: float, feature_layer: str | None, max_images: int, seed: int):
     from nonn_tflite.config import PartitionConfig
     from nonn_tflite.errors import UsageError
@@ -113,9 +114,17 @@ def _partition_cfg(students: int, method: str, rule: str, top_k: int, percentile
         raise UsageError(f"--students {students} must be at least 1")
     _positive("--top-k", top_k)
     _positive("--resolution", resolution)
-    if not 0 <= percentile < 100:
-        raise UsageError(f"--percentile {percentile} must be in [0, 100)")
-    return PartitionConfig(students, method, rule, top_k, percentile or None, resolution,
+    if str(percentile).strip().lower() == "auto":
+        percentile = "auto"
+    else:
+        try:
+            percentile = float(percentile)
+        except ValueError:
+            raise UsageError(f"--percentile {percentile!r} must be auto or a number in [0, 100)") from None
+        if not 0 <= percentile < 100:
+            raise UsageError(f"--percentile {percentile} must be auto or a number in [0, 100)")
+        percentile = percentile or None
+    return PartitionConfig(students, method, rule, top_k, percentile, resolution,
                            feature_layer, max_images, seed)
 
 
