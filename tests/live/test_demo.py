@@ -116,14 +116,16 @@ def test_demo_sigterm_stops_children(tiny_run, cli, procs):
 
 def test_help_has_examples():
     runner = CliRunner()
-    for name in ("demo", "device", "fusion", "source"):
+    for name in ("demo", "device", "fusion", "source", "broker-config"):
         result = runner.invoke(main, [name, "--help"])
         assert result.exit_code == 0 and "Example" in result.output, name
         assert "nonn-tflite " + name in result.output
     demo_help = runner.invoke(main, ["demo", "--help"]).output
     for option in ("--broker", "--rate", "--frames", "--kill-device", "--summary",
-                   "--no-dashboard", "--cafile", "--certfile", "--keyfile"):
+                   "--no-dashboard", "--cafile", "--certfile", "--keyfile", "--secure"):
         assert option in demo_help
+    for name in ("device", "fusion", "source"):
+        assert "--credentials" in runner.invoke(main, [name, "--help"]).output
 
 
 def test_parse_kill():
