@@ -20,7 +20,7 @@ from nonn_tflite.deployment import StudentSpec
 from nonn_tflite.deployment import load_deployment as read_deployment
 from nonn_tflite.errors import ModelFileError
 from nonn_tflite.int8 import QParams
-from nonn_tflite.live.protocol import deployment_id
+from nonn_tflite.wire import deployment_id
 from nonn_tflite.profile import measure_arena, qparams
 from nonn_tflite.tflite_model import TensorInfo, TFLiteModel, parse_tflite
 

@@ -24,6 +24,7 @@ from firmware_bridge.targets import Target, get_target
 from nonn_tflite import __version__
 from nonn_tflite.errors import BoardFitError, UsageError
 from nonn_tflite.profile import ARENA_MARGIN_RULE, align, arena_with_margin
+from nonn_tflite.wire import HEADER_SIZE
 
 log = logging.getLogger(__name__)
 
@@ -198,6 +199,7 @@ def _base_context(dep: Deployment, tgt: Target, broker: Broker, options: ExportO
         "fusion_slots": FUSION_SLOTS,
         "slices": dep.slices(),
         "all_topics": topics(dep.name),
+        "header_size": HEADER_SIZE,
     }
 
 
@@ -263,8 +265,8 @@ def _hwc(model: ModelEntry) -> tuple[int, int, int]:
 
 
 def _mqtt_packet(topic_len: int, payload: int) -> int:
-    """Bytes of the largest MQTT PUBLISH: 5-byte fixed header, 2 + topic, 36 + payload frame."""
-    return 5 + 2 + topic_len + 36 + payload
+    """Bytes of the largest MQTT PUBLISH: 5-byte fixed header, 2 + topic, frame header + payload."""
+    return 5 + 2 + topic_len + HEADER_SIZE + payload
 
 
 def _mqtt_buffer(packet: int, tgt: Target) -> int:

@@ -375,9 +375,10 @@ def deployment_doc(report: dict, ds: Dataset) -> dict:
 
 
 def _write_outputs(tdir: Path, report: dict, ds: Dataset, indices: np.ndarray) -> None:
+    from nonn_tflite.deployment import with_model_hashes  # model_crc32: checked on the wire
     from nonn_tflite.report import write_report
 
-    write_json(tdir / "deployment.json", deployment_doc(report, ds))
+    write_json(tdir / "deployment.json", with_model_hashes(deployment_doc(report, ds), tdir))
     write_json(tdir / "calibration_indices.json",
                {"split": "train", "seed": report["calibration"]["seed"],
                 "count": len(indices), "indices": [int(i) for i in indices]})

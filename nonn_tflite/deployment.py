@@ -18,7 +18,7 @@ import numpy as np
 
 from nonn_tflite.errors import RunDirError
 from nonn_tflite.int8 import QParams
-from nonn_tflite.live.protocol import Topics, deployment_id
+from nonn_tflite.wire import Topics, deployment_id, model_hash
 
 
 @dataclass(frozen=True)
@@ -32,6 +32,7 @@ class StudentSpec:
     board: str | None = None
     arena_bytes: int | None = None  # with the 32-bit target margin, as convert writes it
     arena_bytes_host: int | None = None  # measured on this host
+    model_crc32: int | None = None  # CRC-32 of the .tflite (the frames' model hash); None: old JSON
 
 
 @dataclass(frozen=True)
@@ -40,6 +41,7 @@ class FusionSpec:
     input_width: int
     input: QParams
     output: QParams
+    model_crc32: int | None = None
 
 
 @dataclass(frozen=True)
@@ -122,7 +124,8 @@ def _parse_deployment(d: Mapping, file: Path) -> Deployment:
     f = d["fusion"]
     fusion = FusionSpec(str(f["file"]), int(f["input_width"]),
                         QParams.from_json(f["input"], "fusion input"),
-                        QParams.from_json(f["output"], "fusion output"))
+                        QParams.from_json(f["output"], "fusion output"),
+                        _crc32(f.get("model_crc32")))
     dep = Deployment(str(d["deployment"]), int(d["num_classes"]),
                      tuple(str(c) for c in d.get("class_names", range(int(d["num_classes"])))),
                      tuple(int(v) for v in d["input_shape"]), students, fusion, file.parent)
@@ -142,7 +145,24 @@ def _student(s: Mapping) -> StudentSpec:
                        QParams.from_json(s["input"], f"student {s['id']} input"),
                        QParams.from_json(s["output"], f"student {s['id']} output"),
                        tuple(int(f) for f in s.get("filters", ())), s.get("board"),
-                       _positive_int(s.get("arena_bytes")), _positive_int(s.get("arena_bytes_host")))
+                       _positive_int(s.get("arena_bytes")), _positive_int(s.get("arena_bytes_host")),
+                       _crc32(s.get("model_crc32")))
+
+
+def _crc32(value) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 0xFFFFFFFF:
+        raise ValueError(f"'model_crc32' {value!r} (expected a CRC-32, 0..4294967295)")
+    return value
+
+
+def with_model_hashes(doc: dict, directory: Path) -> dict:
+    """``doc`` with ``model_crc32`` (:func:`nonn_tflite.wire.model_hash` of each student's and
+    the fusion's .tflite in ``directory``): what the fusion node checks every frame against."""
+    for entry in [*doc["students"], doc["fusion"]]:
+        entry["model_crc32"] = model_hash((Path(directory) / entry["file"]).read_bytes())
+    return doc
 
 
 def _positive_int(value) -> int | None:

@@ -3,7 +3,7 @@
 Three ways to classify an image with several small devices:
 
 * **NoNN**: every device runs its student on the whole image and sends one int8 vector
-  (+ the 36-byte frame header); the devices work in parallel.
+  (+ the frame header); the devices work in parallel.
 * **Split computing** (Neurosurgeon/DeepThings style): the teacher is cut into K consecutive
   pieces, one per device; each cut ships an int8 activation map to the next device, in series.
 * **Offload**: the camera node sends the raw image to a server that runs the teacher.
@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-HEADER_BYTES = 36  # wire format header (docs/ARCHITECTURE.md)
+from nonn_tflite.wire import HEADER_SIZE as HEADER_BYTES  # noqa: F401 (re-exported)
 
 
 @dataclass(frozen=True)

@@ -40,6 +40,7 @@ from nonn_tflite.int8 import QParams
 from nonn_tflite.intake import verify_bytes, verify_file
 from nonn_tflite.quantize import captured_output, tflm_problems
 from nonn_tflite.tflite_model import TensorInfo, TFLiteModel, op_layer, parse_tflite
+from nonn_tflite.wire import HEADER_SIZE
 
 ALIGN = 16
 MAX_CHILDREN = 64  # bisection restarts after crashes; far more than 2 * log2(ARENA_MAX)
@@ -51,7 +52,7 @@ ARENA_MARGIN_RULE = (f"+{ARENA_MARGIN_FRACTION:.0%} (at least {ARENA_MARGIN_MIN_
                      f"rounded up to {ALIGN} B")  # how arena_with_margin reads in docs
 ARENA_NOTE = (f"arena_bytes measured on a 64-bit host with TFLM reference kernels; "
               f"arena_bytes_32bit = {ARENA_MARGIN_RULE}, for 32-bit targets with optimised kernels")
-WIRE_HEADER_BYTES = 36  # live/protocol.py header, struct '<4sBBBBIIQfiI'
+WIRE_HEADER_BYTES = HEADER_SIZE  # the frame header, defined once in nonn_tflite/wire.py
 DEFAULT_LATENCY_RUNS = 200
 
 

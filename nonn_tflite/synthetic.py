@@ -112,7 +112,9 @@ def build_deployment(out: Path, spec: SyntheticSpec = SyntheticSpec()) -> Path:
            "fusion": {"file": "fusion.tflite", "input_width": sum(spec.widths), "input": fin,
                       "output": fout},
            "fusion_input": "requantise"}
-    (tdir / "deployment.json").write_text(json.dumps(doc, indent=2))
+    from nonn_tflite.deployment import with_model_hashes
+
+    (tdir / "deployment.json").write_text(json.dumps(with_model_hashes(doc, tdir), indent=2))
     np.savez(tdir / "test_sample.npz", x=xte, y=yte)
     return Path(out)
 

@@ -1,8 +1,9 @@
 """Device node: image frame in, the student's pooled int8 feature vector out.
 
 This is what a Raspberry Pi (or, in C, a microcontroller) runs: one student .tflite under
-LiteRT, no TensorFlow. The vector it publishes (36-byte header + ``width`` bytes) is the whole
-communication of a device per inference.
+LiteRT, no TensorFlow. The vector it publishes (wire header + ``width`` bytes) is the whole
+communication of a device per inference. It carries the image's session and seq, and the hash
+of the student model that made it, so the fusion node can refuse a stale model.
 """
 
 from __future__ import annotations
@@ -77,7 +78,7 @@ class DeviceCore:
         q = self.runner.output_q
         return Frame(MsgType.FEATURE, image.deployment_id, image.seq, image.timestamp_us,
                      vector.astype(np.int8).tobytes(), self.student, DType.INT8, q.scale,
-                     q.zero_point)
+                     q.zero_point, session=image.session, model=self.runner.model.hash)
 
 
 class DeviceNode(WorkerNode):

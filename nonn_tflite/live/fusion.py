@@ -25,7 +25,7 @@ import numpy as np
 
 from nonn_tflite.deployment import Deployment
 from nonn_tflite.int8 import QParams
-from nonn_tflite.live.models import FusionRunner
+from nonn_tflite.live.models import FusionRunner, feature_identities
 from nonn_tflite.live.mqtt import (
     BrokerConfig,
     Connection,
@@ -33,6 +33,7 @@ from nonn_tflite.live.mqtt import (
     make_client_id,
 )
 from nonn_tflite.live.protocol import (
+    OFFSETS,
     U32,
     Decoder,
     DType,
@@ -45,7 +46,8 @@ from nonn_tflite.live.runtime import DropOldestQueue, Window, WorkerNode
 
 log = logging.getLogger(__name__)
 
-RECENT = 4096  # remembered finished/claimed sequence numbers (bounded memory)
+RECENT = 4096  # remembered finished/claimed (session, seq) keys (bounded memory)
+SESSIONS = 64  # sources whose newest finished seq is remembered (out-of-order checks)
 
 
 @dataclass(frozen=True)
@@ -96,13 +98,19 @@ class Pending:
     last_arrival: float = 0.0
 
 
+Key = tuple[int, int]  # (source session, seq): seq numbers restart with every source run
+
+
 def _seq_newer(a: int, b: int) -> bool:
     """a after b in 32-bit serial-number arithmetic (RFC 1982)."""
     return a != b and ((a - b) & U32) < (1 << 31)
 
 
 class FusionCore:
-    """Assembles frames and fuses them; no MQTT, no clock (callers pass ``now``)."""
+    """Assembles frames and fuses them; no MQTT, no clock (callers pass ``now``).
+
+    Every cache is keyed by (session, seq), so a restarted source (a new session) is answered
+    from its first frame instead of meeting the previous run's finished sequence numbers."""
 
     def __init__(self, deployment: Deployment, config: FusionConfig = FusionConfig()) -> None:
         self.deployment = deployment
@@ -112,33 +120,34 @@ class FusionCore:
         self.deadline = AdaptiveDeadline(config.deadline_ms)
         self.counters: Counter[str] = Counter()
         self.fuse_ms = Window()
-        self.pending: dict[int, Pending] = {}
-        self.done: OrderedDict[int, frozenset[int]] = OrderedDict()
-        self.claims: OrderedDict[int, None] = OrderedDict()
-        self.high: tuple[int, int] | None = None  # (seq, timestamp) of the newest finished frame
+        self.pending: dict[Key, Pending] = {}
+        self.done: OrderedDict[Key, frozenset[int]] = OrderedDict()
+        self.claims: OrderedDict[Key, None] = OrderedDict()
+        # per session, (seq, timestamp) of its newest finished frame (the last SESSIONS seen)
+        self.high: OrderedDict[int, tuple[int, int]] = OrderedDict()
         self.offline: set[int] = set()  # students whose status says offline: not waited for
 
     # ---- inputs ---------------------------------------------------------------------
     def add_feature(self, frame: Frame, now: float) -> list[Frame]:
         """Take one device vector; returns the predictions it completes (0 or more)."""
-        s, k = frame.seq, frame.student
-        if s in self.done:
-            self.counters["duplicate" if k in self.done[s] else "late"] += 1
+        key, k = (frame.session, frame.seq), frame.student
+        if key in self.done:
+            self.counters["duplicate" if k in self.done[key] else "late"] += 1
             return []
-        entry = self.pending.get(s)
+        entry = self.pending.get(key)
         if entry is None:
             if self._is_stale(frame):
                 self.counters["out_of_order"] += 1
                 return []
-            entry = self.pending[s] = Pending(now, frame.timestamp_us)
+            entry = self.pending[key] = Pending(now, frame.timestamp_us)
         if k in entry.parts:
             self.counters["duplicate"] += 1
             return []
         entry.parts[k] = frame
         entry.last_arrival = now
         out = self._evict(now)
-        if self._ready(entry) and self._owned(s):
-            out += self._finish(s, now)
+        if key in self.pending and self._ready(entry) and self._owned(key):
+            out += self._finish(key, now)
         return out
 
     def set_online(self, student: int, online: bool, now: float) -> list[Frame]:
@@ -148,26 +157,27 @@ class FusionCore:
         (self.offline.discard if online else self.offline.add)(student)
         if online:
             return []
-        ready = [s for s, e in self.pending.items() if self._ready(e) and self._owned(s)]
-        return [p for s in ready for p in self._finish(s, now)]
+        ready = [key for key, e in self.pending.items() if self._ready(e) and self._owned(key)]
+        return [p for key in ready for p in self._finish(key, now)]
 
-    def add_claim(self, seq: int, now: float) -> list[Frame]:
+    def add_claim(self, seq: int, now: float, session: int = 0) -> list[Frame]:
         """Group mode: the broker gave us this frame's image, so this worker fuses it."""
-        self.claims[seq] = None
+        key = (session, seq)
+        self.claims[key] = None
         while len(self.claims) > RECENT:
             self.claims.popitem(last=False)
-        entry = self.pending.get(seq)
+        entry = self.pending.get(key)
         if entry is not None and self._ready(entry):
-            return self._finish(seq, now)
+            return self._finish(key, now)
         return []
 
     def expire(self, now: float) -> list[Frame]:
         """Finish every frame whose deadline has passed (partial frames)."""
         limit = self.deadline.seconds
-        due = [s for s, e in self.pending.items() if now - e.first_arrival >= limit]
+        due = [key for key, e in self.pending.items() if now - e.first_arrival >= limit]
         out: list[Frame] = []
-        for s in due:
-            out += self._finish(s, now)
+        for key in due:
+            out += self._finish(key, now)
         return out
 
     def next_due(self) -> float | None:
@@ -182,11 +192,12 @@ class FusionCore:
         return self.runner.logits({k: (f.values(), QParams(f.scale, f.zero_point))
                                    for k, f in parts.items()})
 
-    def prediction(self, seq: int, timestamp_us: int, logits: np.ndarray) -> Frame:
+    def prediction(self, seq: int, timestamp_us: int, logits: np.ndarray,
+                   session: int = 0) -> Frame:
         q = self.runner.output_q
         return Frame(MsgType.PREDICTION, self.deployment.id, seq, timestamp_us,
                      logits.astype(np.int8).tobytes(), dtype=DType.INT8, scale=q.scale,
-                     zero_point=q.zero_point)
+                     zero_point=q.zero_point, session=session, model=self.runner.model.hash)
 
     # ---- internals ----------------------------------------------------------------------
     def _ready(self, entry: Pending) -> bool:
@@ -194,32 +205,33 @@ class FusionCore:
         return len(entry.parts) == self.k or all(
             k in entry.parts for k in self.runner.slices if k not in self.offline)
 
-    def _owned(self, seq: int) -> bool:
-        return self.config.group is None or seq in self.claims
+    def _owned(self, key: Key) -> bool:
+        return self.config.group is None or key in self.claims
 
     def _is_stale(self, frame: Frame) -> bool:
-        """Older than a frame already finished, and not a restarted source (later capture)."""
-        if self.high is None:
+        """Older than a finished frame of the same session, and not captured later (a source
+        without sessions that restarted)."""
+        high = self.high.get(frame.session)
+        if high is None:
             return False
-        high_seq, high_ts = self.high
+        high_seq, high_ts = high
         return not _seq_newer(frame.seq, high_seq) and frame.timestamp_us <= high_ts
 
     def _evict(self, now: float) -> list[Frame]:
         out: list[Frame] = []
         while len(self.pending) > self.config.max_pending:
-            oldest = min(self.pending, key=lambda s: self.pending[s].first_arrival)
+            oldest = min(self.pending, key=lambda key: self.pending[key].first_arrival)
             self.counters["evicted"] += 1
             out += self._finish(oldest, now)
         return out
 
-    def _finish(self, seq: int, now: float) -> list[Frame]:
-        entry = self.pending.pop(seq)
-        self.done[seq] = frozenset(entry.parts)
+    def _finish(self, key: Key, now: float) -> list[Frame]:
+        entry = self.pending.pop(key)
+        self.done[key] = frozenset(entry.parts)
         while len(self.done) > RECENT:
             self.done.popitem(last=False)
-        if self.high is None or entry.timestamp_us >= self.high[1]:
-            self.high = (seq, entry.timestamp_us)
-        if not self._owned(seq):
+        self._raise_high(key, entry.timestamp_us)
+        if not self._owned(key):
             self.counters["not_owned"] += 1
             return []
         complete = len(entry.parts) == self.k
@@ -230,7 +242,16 @@ class FusionCore:
         logits = self.fuse(entry.parts)
         self.fuse_ms.add((time.perf_counter() - t0) * 1e3)
         self.counters["predicted"] += 1
-        return [self.prediction(seq, entry.timestamp_us, logits)]
+        return [self.prediction(key[1], entry.timestamp_us, logits, session=key[0])]
+
+    def _raise_high(self, key: Key, timestamp_us: int) -> None:
+        session, seq = key
+        high = self.high.get(session)
+        if high is None or timestamp_us >= high[1]:
+            self.high[session] = (seq, timestamp_us)
+        self.high.move_to_end(session)
+        while len(self.high) > SESSIONS:
+            self.high.popitem(last=False)
 
 
 class FusionNode(WorkerNode):
@@ -244,7 +265,9 @@ class FusionNode(WorkerNode):
         self.topics = deployment.topics
         self.decoder = Decoder(deployment.id, deployment.feature_widths,
                                image_size=deployment.image_size,
-                               num_classes=deployment.num_classes)
+                               num_classes=deployment.num_classes,
+                               identities=feature_identities(deployment))
+        self._stale_logged: set[int] = set()  # students already reported as stale_model
         self._device_ids = {f"device-{s.id}": s.id for s in deployment.students}
         self.inbox: DropOldestQueue[tuple[str, bytes, float]] = DropOldestQueue(config.queue)
         self.bytes_in = 0
@@ -297,14 +320,30 @@ class FusionNode(WorkerNode):
             return self._status(Topics.last_level(topic), payload, t)
         if topic.endswith("/image"):  # a claim in group mode
             frame = self.decoder.decode(payload, expect=MsgType.IMAGE)
-            return [] if frame is None else self.core.add_claim(frame.seq, t)
+            return [] if frame is None else self.core.add_claim(frame.seq, t, frame.session)
         frame = self.decoder.decode(payload, expect=MsgType.FEATURE)
         if frame is None:
+            if self.decoder.last_reason == "stale_model":
+                self._log_stale(payload)
             return []
         if Topics.last_level(topic) != str(frame.student):
             self.decoder.reject("topic_mismatch")
             return []
         return self.core.add_feature(frame, t)
+
+    def _log_stale(self, payload: bytes) -> None:
+        """Once per device: it runs another model than deployment.json names (frames refused)."""
+        student = payload[OFFSETS["student"]]
+        if student in self._stale_logged:
+            return
+        self._stale_logged.add(student)
+        model = int.from_bytes(payload[OFFSETS["model"]:OFFSETS["model"] + 4], "little")
+        want = self.decoder.identities[student]
+        log.warning("%s: device-%d sends features of another model (hash %08x, expected %s, "
+                    "scale %.9g zero point %d, int8): refused as stale_model until it runs the "
+                    "student in %s", self.config.node, student, model,
+                    "unchecked" if want.model is None else f"{want.model:08x}", want.scale,
+                    want.zero_point, self.deployment.path("deployment.json"))
 
     def _status(self, node: str, payload: bytes, t: float) -> list[Frame]:
         # ---- hostile-input fix: "device-²" passed isdigit() and int() then raised in this
@@ -331,6 +370,7 @@ class FusionNode(WorkerNode):
             "predicted": c["predicted"], "complete": c["complete"], "partial": c["partial"],
             "late": c["late"], "duplicate": c["duplicate"], "out_of_order": c["out_of_order"],
             "evicted": c["evicted"], "not_owned": c["not_owned"],
+            "stale_model": self.decoder.counters["stale_model"],
             "pending": len(self.core.pending), "deadline_ms": self.core.deadline.seconds * 1e3,
             "fuse_ms_p50": self.core.fuse_ms.p(50), "queue_dropped": self.inbox.dropped,
             "bytes_in": self.bytes_in, "predictions_sent": self.predictions_sent,

@@ -15,6 +15,7 @@ import numpy as np
 from nonn_tflite.deployment import Deployment
 from nonn_tflite.errors import ModelFileError
 from nonn_tflite.int8 import QParams, requantise
+from nonn_tflite.wire import FeatureIdentity, model_hash
 
 # Image frames carry raw camera bytes: real value = (q - 0) * 1/255, the model input convention.
 IMAGE_SCALE = float(np.float32(1.0 / 255.0))
@@ -32,7 +33,8 @@ def image_to_input(pixels: np.ndarray, src: QParams, dst: QParams) -> np.ndarray
 
 def _interpreter(path: Path, xnnpack: bool):
     """A LiteRT interpreter for a file that passed :mod:`nonn_tflite.intake` verification,
-    checked to be one int8 input and one int8 output (what every node feeds and reads)."""
+    checked to be one int8 input and one int8 output (what every node feeds and reads), and
+    the file's bytes."""
     from ai_edge_litert.interpreter import Interpreter, OpResolverType
 
     from nonn_tflite.intake import one_line, verify_file
@@ -50,7 +52,7 @@ def _interpreter(path: Path, xnnpack: bool):
         interp.allocate_tensors()
     except (ValueError, RuntimeError) as exc:
         raise ModelFileError(f"{path} is not a loadable .tflite model: {one_line(exc)}") from None
-    return interp
+    return interp, data
 
 
 def _check_io(model, path: Path) -> None:
@@ -85,7 +87,8 @@ class Int8Model:
         from nonn_tflite.intake import one_line
 
         self.path = path
-        self._interp = _interpreter(path, xnnpack)
+        self._interp, data = _interpreter(path, xnnpack)
+        self.hash = model_hash(data)  # the ``model`` field of the frames this model makes
         try:  # LiteRT decodes names and types strictly here
             self._in = self._interp.get_input_details()[0]
             self._out = self._interp.get_output_details()[0]
@@ -163,3 +166,20 @@ class FusionRunner:
 
     def logits(self, parts: Mapping[int, tuple[np.ndarray, QParams]]) -> np.ndarray:
         return self.model.run(self.fusion_input(parts))
+
+
+def student_hash(deployment: Deployment, k: int) -> int | None:
+    """The model hash student ``k``'s frames must carry: deployment.json's ``model_crc32``, or
+    for a JSON written before that key existed, the hash of the student file beside it."""
+    spec = deployment.student(k)
+    if spec.model_crc32 is not None:
+        return spec.model_crc32
+    path = deployment.path(spec.file)
+    return model_hash(path.read_bytes()) if path.is_file() else None
+
+
+def feature_identities(deployment: Deployment) -> dict[int, FeatureIdentity]:
+    """Per student, what deployment.json says its feature frames carry (int8, output scale and
+    zero point, model hash): the fusion node refuses any other frame as ``stale_model``."""
+    return {s.id: FeatureIdentity(s.output.scale, s.output.zero_point, student_hash(deployment, s.id))
+            for s in deployment.students}

@@ -3,14 +3,21 @@
 Ground truth never leaves the source: it keeps ``seq -> label`` locally, listens to the
 prediction topic and measures end-to-end latency from its own capture timestamps (one clock,
 so the figure is honest even when devices' clocks drift).
+
+Each run draws a random session id that every frame carries: the fusion node keys its caches by
+(session, seq), so a restarted source is answered from its first frame, and predictions for
+another run's frames are never scored as ours. Per-frame records are kept for a window of the
+latest frames only, so a source can run for days in bounded memory.
 """
 
 from __future__ import annotations
 
 import logging
+import secrets
 import threading
 import time
 from collections.abc import Callable
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -127,25 +134,44 @@ def _check(images: ImageSet, deployment: Deployment) -> ImageSet:
     return images
 
 
-def image_frame(deployment: Deployment, seq: int, timestamp_us: int, pixels: np.ndarray) -> Frame:
+def image_frame(deployment: Deployment, seq: int, timestamp_us: int, pixels: np.ndarray,
+                session: int = 0) -> Frame:
     """Raw uint8 pixels; scale 1/255 and zero point 0 make (q - zp) * s the model's x / 255."""
     return Frame(MsgType.IMAGE, deployment.id, seq & U32, timestamp_us,
                  np.ascontiguousarray(pixels, np.uint8).tobytes(), dtype=DType.UINT8,
-                 scale=IMAGE_SCALE, zero_point=IMAGE_ZERO_POINT)
+                 scale=IMAGE_SCALE, zero_point=IMAGE_ZERO_POINT, session=session & U32)
+
+
+def new_session() -> int:
+    """A random, non-zero 32-bit session id (0 is what session-less senders put)."""
+    return secrets.randbits(32) or 1
 
 
 # ---- scoring -------------------------------------------------------------------------------
 
+WINDOW = 4096  # frames whose label, image index and prediction the scoreboard keeps
+
+
 @dataclass
 class Scoreboard:
-    """Sent frames and the predictions that came back; thread-safe."""
+    """Sent frames and the predictions that came back; thread-safe and bounded.
 
-    labels: dict[int, int] = field(default_factory=dict)       # seq -> label
-    indices: dict[int, int] = field(default_factory=dict)      # seq -> image index
-    predictions: dict[int, int] = field(default_factory=dict)  # seq -> predicted class
+    ``labels``, ``indices`` and ``predictions`` hold the latest ``window`` frames sent (a frame
+    whose answer has not come by the time it leaves the window counts as ``expired``); the
+    counters (``frames``, ``answered``, ``scored``, ``correct``) cover the whole run.
+    """
+
+    session: int = 0
+    window: int = WINDOW
+    labels: OrderedDict[int, int] = field(default_factory=OrderedDict)       # seq -> label
+    indices: OrderedDict[int, int] = field(default_factory=OrderedDict)      # seq -> image index
+    predictions: OrderedDict[int, int] = field(default_factory=OrderedDict)  # seq -> class
     latency_ms: Window = field(default_factory=lambda: Window(100_000))
+    sent_total: int = 0
+    answered: int = 0
+    expired: int = 0     # left the window unanswered
     duplicates: int = 0
-    unknown: int = 0
+    unknown: int = 0     # not ours: another session, or a frame already out of the window
     correct: int = 0
     scored: int = 0
     last_prediction: float = 0.0
@@ -155,17 +181,24 @@ class Scoreboard:
         with self._lock:
             self.labels[seq] = label
             self.indices[seq] = index
+            self.sent_total += 1
+            while len(self.labels) > self.window:
+                old, _ = self.labels.popitem(last=False)
+                del self.indices[old]
+                if self.predictions.pop(old, None) is None:
+                    self.expired += 1
 
     def predicted(self, frame: Frame, received_us: int) -> None:
         cls = int(np.argmax(frame.values()))
         with self._lock:
-            if frame.seq not in self.labels:
-                self.unknown += 1   # not ours (another source, or an earlier run)
+            if frame.session != self.session or frame.seq not in self.labels:
+                self.unknown += 1   # not ours (another source, an earlier run, or expired)
                 return
             if frame.seq in self.predictions:
                 self.duplicates += 1
                 return
             self.predictions[frame.seq] = cls
+            self.answered += 1
             self.latency_ms.add((received_us - frame.timestamp_us) / 1e3)
             self.last_prediction = time.monotonic()
             label = self.labels[frame.seq]
@@ -174,13 +207,19 @@ class Scoreboard:
                 self.correct += int(cls == label)
 
     def rows(self) -> list[tuple[int, int, int, int]]:
-        """(seq, image index, label, predicted class) of every answered frame, a copy."""
+        """(seq, image index, label, predicted class) of every answered frame in the window."""
         with self._lock:
             return [(s, self.indices[s], self.labels[s], c) for s, c in self.predictions.items()]
 
     @property
     def frames(self) -> int:
-        return len(self.labels)
+        """Frames sent in this run."""
+        return self.sent_total
+
+    @property
+    def size(self) -> int:
+        """Per-frame records held (at most 3 x ``window``)."""
+        return len(self.labels) + len(self.indices) + len(self.predictions)
 
     @property
     def accuracy(self) -> float | None:
@@ -194,6 +233,8 @@ class SourceConfig:
     drain_s: float = 3.0            # wait this long for the last predictions
     client_id: str | None = None
     node: str = "source"
+    window: int = WINDOW            # frames remembered for scoring (bounded memory)
+    session: int | None = None      # None: a fresh random id for this run
 
 
 class SourceNode:
@@ -207,7 +248,10 @@ class SourceNode:
         self.images = images
         self.config = config
         self.topics = deployment.topics
-        self.score = Scoreboard()
+        if config.window < 1:
+            raise DatasetError("the scoreboard window must be >= 1 frame")
+        self.session = new_session() if config.session is None else config.session & U32
+        self.score = Scoreboard(self.session, config.window)
         self.decoder = Decoder(deployment.id, deployment.feature_widths,
                                num_classes=deployment.num_classes)
         self.bytes_sent = 0
@@ -246,7 +290,7 @@ class SourceNode:
 
     def send(self, i: int) -> None:
         index = i % len(self.images)
-        frame = image_frame(self.deployment, i, now_us(), self.images.x[index])
+        frame = image_frame(self.deployment, i, now_us(), self.images.x[index], self.session)
         self.score.sent(frame.seq, index, int(self.images.y[index]))
         data = encode(frame)
         if self.conn.publish(self.topics.image, data):
@@ -256,7 +300,8 @@ class SourceNode:
 
     def _drain(self) -> None:
         end = time.monotonic() + self.config.drain_s
-        while (len(self.score.predictions) < self.score.frames and time.monotonic() < end
+        while (self.score.answered + self.score.expired < self.score.frames
+               and time.monotonic() < end
                and not self.stop_event.is_set()):
             time.sleep(0.02)
 

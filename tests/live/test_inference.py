@@ -100,10 +100,11 @@ def test_missing_run_is_explained(tmp_path) -> None:
 
 # ---- fusion frame assembly ------------------------------------------------------------------
 
-def _feature(dep, k: int, seq: int, ts: int = 1000) -> Frame:
+def _feature(dep, k: int, seq: int, ts: int = 1000, session: int = 0) -> Frame:
     w = dep.student(k).width
     return Frame(MsgType.FEATURE, dep.id, seq, ts, bytes(range(w)), k, DType.INT8,
-                 dep.student(k).output.scale, dep.student(k).output.zero_point)
+                 dep.student(k).output.scale, dep.student(k).output.zero_point,
+                 session=session)
 
 
 def test_complete_frames_are_fused_at_once(deployment) -> None:
@@ -138,15 +139,61 @@ def test_duplicates_late_and_out_of_order_are_dropped(deployment) -> None:
     assert core.add_feature(_feature(deployment, 0, 11, ts=11), 1.3) == []    # fine, pending
     c = core.counters
     assert (c["duplicate"], c["late"], c["out_of_order"], c["partial"]) == (2, 1, 1, 1)
-    assert list(core.pending) == [11]
+    assert list(core.pending) == [(0, 11)]
 
 
 def test_restarted_source_is_not_out_of_order(deployment) -> None:
+    """The restart meets the done-cache: seq 0..4 of the first run are finished, and the second
+    run starts at seq 0 again (with a clock that even went back). Keyed by (session, seq), none
+    of its frames is a duplicate, late or out of order."""
     core = FusionCore(deployment, FusionConfig(deadline_ms=100))
-    for k in (0, 1):
-        core.add_feature(_feature(deployment, k, 500, ts=10), 0.0)
-    out = [core.add_feature(_feature(deployment, k, 0, ts=20), 0.1) for k in (0, 1)]
-    assert out[1] and out[1][0].seq == 0 and core.counters["out_of_order"] == 0
+    for seq in range(5):
+        for k in (0, 1):
+            core.add_feature(_feature(deployment, k, seq, ts=100 + seq, session=0xAAAA), 0.0)
+    assert core.counters["predicted"] == 5
+    out = [p for seq in range(5) for k in (0, 1)
+           for p in core.add_feature(_feature(deployment, k, seq, ts=10 + seq, session=0xBBBB),
+                                     0.1)]
+    assert [(f.session, f.seq) for f in out] == [(0xBBBB, s) for s in range(5)]
+    c = core.counters
+    assert (c["predicted"], c["duplicate"], c["late"], c["out_of_order"]) == (10, 0, 0, 0)
+    # within one session the old rules still hold: a replay is a duplicate
+    assert core.add_feature(_feature(deployment, 0, 3, ts=13, session=0xBBBB), 0.2) == []
+    assert c["duplicate"] == 1
+
+
+def test_stale_model_frames_are_refused_and_logged_once_per_device(deployment, caplog) -> None:
+    """A device running another student (other hash, scale or dtype) is not fused silently."""
+    from dataclasses import replace
+
+    from nonn_tflite.live.fusion import FusionNode
+    from nonn_tflite.live.models import feature_identities, student_hash
+    from nonn_tflite.live.mqtt import BrokerConfig
+    from nonn_tflite.live.protocol import encode
+
+    assert deployment.student(0).model_crc32 == student_hash(deployment, 0)  # in the JSON
+    node = FusionNode(deployment, BrokerConfig(), FusionConfig(deadline_ms=10_000))
+    topic = deployment.topics.feature(0)
+    good = replace(_feature(deployment, 0, 1), model=feature_identities(deployment)[0].model)
+    stale = [replace(good, seq=2, model=good.model ^ 1), replace(good, seq=3, model=0),
+             replace(good, seq=4, scale=good.scale * 2), replace(good, seq=5, dtype=DType.UINT8)]
+    with caplog.at_level("WARNING", logger="nonn_tflite.live.fusion"):
+        for frame in [good, *stale]:
+            node._receive(topic, encode(frame), 0.0)
+    assert node.decoder.counters == {"stale_model": 4} and node.stats()["stale_model"] == 4
+    assert list(node.core.pending) == [(0, 1)]  # only the good frame waits for student 1
+    warnings = [r for r in caplog.records if "stale_model" in r.getMessage()]
+    assert len(warnings) == 1 and "device-0" in warnings[0].getMessage()
+
+
+def test_device_frames_carry_session_and_model_hash(deployment) -> None:
+    from nonn_tflite.live.models import student_hash
+
+    core = DeviceCore(deployment, 1)
+    image = image_frame(deployment, 7, 42, np.zeros((8, 8, 1), np.uint8), session=0xC0FFEE)
+    feature = core.process(image)
+    assert (feature.session, feature.seq, feature.model) == (0xC0FFEE, 7,
+                                                             student_hash(deployment, 1))
 
 
 def test_group_worker_fuses_only_claimed_frames(deployment) -> None:

@@ -6,6 +6,7 @@ import json
 import math
 import struct
 import zlib
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -13,19 +14,22 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from nonn_tflite.live.protocol import (
+    HEADER_FORMAT,
     HEADER_SIZE,
+    OFFSETS,
     MAX_PAYLOAD,
     NO_STUDENT,
     REJECT_REASONS,
     Decoder,
     DType,
+    FeatureIdentity,
     Frame,
     MsgType,
     Topics,
     deployment_id,
     encode,
 )
-from nonn_tflite.live.vectors import build_vectors, dumps
+from nonn_tflite.live.vectors import build_vectors, decoder_from, dumps
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -45,7 +49,8 @@ def frames(draw) -> Frame:
                  timestamp_us=draw(st.integers(0, 2**64 - 1)),
                  payload=draw(st.binary(max_size=300)), student=student,
                  dtype=draw(st.sampled_from(list(DType))), scale=draw(f32),
-                 zero_point=draw(st.integers(-2**31, 2**31 - 1)))
+                 zero_point=draw(st.integers(-2**31, 2**31 - 1)),
+                 session=draw(st.integers(0, 2**32 - 1)), model=draw(st.integers(0, 2**32 - 1)))
 
 
 @settings(max_examples=300, deadline=None)
@@ -77,12 +82,46 @@ def test_decoder_survives_any_corruption(frame: Frame, pos: int, byte: int) -> N
 
 def test_header_layout_matches_architecture_doc() -> None:
     f = Frame(MsgType.FEATURE, 0x01020304, 5, 6, b"\x80\x7f", student=3, scale=0.5,
-              zero_point=-128)
+              zero_point=-128, session=0xA1B2C3D4, model=0x0BADF00D)
     data = encode(f)
-    assert HEADER_SIZE == 36
-    assert data[:4] == b"NONN" and data[4:8] == bytes([1, 2, 3, 1])
-    assert struct.unpack_from("<IIQfiI", data, 8) == (0x01020304, 5, 6, 0.5, -128, 2)
-    assert data[36:] == b"\x80\x7f"
+    assert HEADER_SIZE == 44 and HEADER_FORMAT == "<4sBBBBIIIIQfiI"
+    assert data[:4] == b"NONN" and data[4:8] == bytes([2, 2, 3, 1])
+    assert struct.unpack_from("<IIIIQfiI", data, 8) == (0x01020304, 0xA1B2C3D4, 5, 0x0BADF00D,
+                                                         6, 0.5, -128, 2)
+    assert data[44:] == b"\x80\x7f"
+    assert OFFSETS["session"] == 12 and OFFSETS["model"] == 20 and OFFSETS["scale"] == 32
+
+
+def test_old_import_path_is_the_wire_module() -> None:
+    from nonn_tflite import wire
+    from nonn_tflite.live import protocol
+
+    assert protocol.Decoder is wire.Decoder and protocol.HEADER_SIZE is wire.HEADER_SIZE
+
+
+def test_deployment_reader_does_not_import_the_live_package() -> None:
+    """deployment.py <-> live/ was an import cycle; the wire format now sits below both."""
+    import subprocess
+    import sys
+
+    code = ("import sys, nonn_tflite.deployment; "
+            "print(sorted(m for m in sys.modules if m.startswith('nonn_tflite.live')))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+
+
+def test_stale_model_is_refused_by_name() -> None:
+    ident = {0: FeatureIdentity(0.02, -128, 0xABCD)}
+    d = Decoder(DEP, {0: 3}, identities=ident)
+    scale = struct.unpack("<f", struct.pack("<f", 0.02))[0]  # as the wire carries it
+    ok = Frame(MsgType.FEATURE, DEP, 1, 2, bytes(3), 0, DType.INT8, scale, -128, model=0xABCD)
+    assert d.decode(encode(ok)) == ok
+    for bad in (dict(model=0xABCE), dict(scale=0.021), dict(zero_point=-127),
+                dict(dtype=DType.UINT8)):
+        assert d.decode(encode(replace(ok, **bad))) is None and d.last_reason == "stale_model"
+    assert d.counters == {"stale_model": 4}
+    unchecked = Decoder(DEP, {0: 3}, identities={0: FeatureIdentity(0.02, -128, None)})
+    assert unchecked.decode(encode(replace(ok, model=7))) is not None  # old JSON: no hash
 
 
 def test_deployment_id_is_crc32_of_utf8_name() -> None:
@@ -108,9 +147,7 @@ def _vectors() -> dict:
 
 
 def _decoder(v: dict, override: dict | None = None) -> Decoder:
-    cfg = {**v["decoder"], **(override or {})}
-    return Decoder(cfg["deployment_id"], {int(k): w for k, w in cfg["feature_widths"].items()},
-                   cfg["max_payload"], cfg["image_size"], cfg["num_classes"])
+    return decoder_from({**v["decoder"], **(override or {})})
 
 
 def test_vector_file_is_up_to_date() -> None:
@@ -130,7 +167,8 @@ def test_vectors_cover_every_type_and_reason() -> None:
 def test_valid_vector_bytes(case: dict) -> None:
     frame = Frame(MsgType(case["msg_type"]), case["deployment_id"], case["seq"],
                   case["timestamp_us"], bytes.fromhex(case["payload_hex"]), case["student"],
-                  DType(case["dtype"]), case["scale"], case["zero_point"], case["version"])
+                  DType(case["dtype"]), case["scale"], case["zero_point"], case["version"],
+                  case["session"], case["model"])
     assert encode(frame).hex() == case["hex"]
     assert _decoder(_vectors()).decode(bytes.fromhex(case["hex"])) == frame
 

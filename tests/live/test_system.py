@@ -12,8 +12,17 @@ import numpy as np
 import pytest
 
 from nonn_tflite.live.fusion import FusionConfig
+from nonn_tflite.live.models import feature_identities
 from nonn_tflite.live.mqtt import BrokerConfig, Connection, ConnectionConfig
-from nonn_tflite.live.protocol import DType, Frame, MsgType, deployment_id, encode
+from nonn_tflite.live.protocol import (
+    HEADER_SIZE,
+    OFFSETS,
+    DType,
+    Frame,
+    MsgType,
+    deployment_id,
+    encode,
+)
 from nonn_tflite.live.runtime import now_us
 from nonn_tflite.live.source import image_frame
 
@@ -47,6 +56,32 @@ def test_end_to_end_over_mosquitto_equals_offline(mosquitto, live_nodes, offline
     assert all(d.conn.protocol == "5" for d in nodes.devices)
 
 
+def test_restarted_source_is_answered_from_its_first_frame(mosquitto, live_nodes, deployment,
+                                                          tiny_run, offline_classes):
+    """Issue 14: the fusion's done-cache was keyed by seq alone, so a restarted source's frames
+    0, 1, 2, ... were all dropped as duplicates (main before the fix: 0 predictions and 20
+    duplicate counts for 10 frames). Now each run is its own session."""
+    from nonn_tflite.live.source import SourceConfig, SourceNode, load_images
+
+    nodes = live_nodes(mosquitto.url, rate=50, frames=40)
+    first = nodes.source.run()
+    assert first.answered == 40
+    nodes.source.stop()                   # the camera restarts mid-run: seq starts at 0 again
+    fusion = nodes.fusions[0].core.counters
+    before = dict(fusion)
+    second = nodes._start(SourceNode(deployment, BrokerConfig.from_url(mosquitto.url),
+                                     load_images(deployment, tiny_run),
+                                     SourceConfig(rate=50, frames=10, drain_s=3.0)))
+    assert second.session != nodes.source.session
+    score = second.run()
+    assert score.frames == 10 and score.answered == 10 and sorted(score.predictions) == \
+        list(range(10)), "every frame after the restart is predicted"
+    assert fusion["predicted"] - before["predicted"] == 10
+    assert (fusion["duplicate"], fusion["late"], fusion["out_of_order"]) == (0, 0, 0)
+    assert score.unknown == 0 and score.duplicates == 0
+    _assert_matches_offline(score, offline_classes)
+
+
 def test_end_to_end_over_embedded_amqtt_via_demo(tiny_run, tmp_path, cli, procs):
     import subprocess
 
@@ -61,7 +96,7 @@ def test_end_to_end_over_embedded_amqtt_via_demo(tiny_run, tmp_path, cli, procs)
     assert s["embedded_broker"] and s["frames"] == 100 and s["predicted"] == 100
     assert s["partial_frames"] == 0 and s["complete_frames"] == 100
     assert s["accuracy"] == s["offline_accuracy"] and s["agreement_with_offline"] == 1.0
-    assert s["bytes_per_frame"] == {"device_0": 36 + 5, "device_1": 36 + 6}
+    assert s["bytes_per_frame"] == {"device_0": 44 + 5, "device_1": 44 + 6}
     assert set(s["latency_ms"]) == {"p50", "p99"} and 0 < s["latency_ms"]["p50"] < 1000
     assert s["rejected"] == 0
     assert "accuracy (MQTT)" in stdout and "predicted" in stdout
@@ -97,13 +132,18 @@ def test_hostile_frames_are_rejected_and_counted(mosquitto, live_nodes, deployme
     t, inj = deployment.topics, _injector(mosquitto.url)
     dev = deployment.id
     img = image_frame(deployment, 1000, now_us(), np.zeros((8, 8, 1), np.uint8))
+    ids = feature_identities(deployment)  # what a device of this deployment really sends
+    real = ids[0]
     feat = lambda k, n, **kw: Frame(MsgType.FEATURE, kw.pop("dep", dev), kw.pop("seq", 2000),
-                                    now_us(), bytes(n), k, DType.INT8, kw.pop("scale", 0.02), -128)
-    nan_scale = lambda data: data[:24] + struct.pack("<f", math.nan) + data[28:]
+                                    now_us(), bytes(n), k, DType.INT8,
+                                    kw.pop("scale", real.scale), real.zero_point,
+                                    model=kw.pop("model", real.model))
+    at = OFFSETS["scale"]
+    nan_scale = lambda data: data[:at] + struct.pack("<f", math.nan) + data[at + 4:]
     other = deployment_id("other").to_bytes(4, "little")
     sends = [  # topic, bytes                                  -> expected verdict
         (t.image, b"garbage"),                                 # too_short (devices)
-        (t.image, encode(img)[:36] + bytes(70_000)),           # oversized (devices)
+        (t.image, encode(img)[:HEADER_SIZE] + bytes(70_000)),  # oversized (devices)
         (t.image, encode(img)[:8] + other + encode(img)[12:]),  # wrong_deployment (devices)
         (t.image, encode(img)), (t.image, encode(img)),        # ok, then replayed (devices)
         (t.feature(0), encode(feat(0, 4))),                    # wrong_width (fusion)
@@ -111,6 +151,7 @@ def test_hostile_frames_are_rejected_and_counted(mosquitto, live_nodes, deployme
         (t.feature(0), encode(feat(0, 5, dep=deployment_id("other")))),  # wrong_deployment
         (t.feature(0), nan_scale(encode(feat(0, 5)))),         # bad_scale (fusion)
         (t.feature(1), encode(feat(0, 5))),                    # topic_mismatch (fusion)
+        (t.feature(0), encode(feat(0, 5, model=real.model ^ 1))),  # stale_model (fusion)
         (t.feature(0), encode(feat(0, 5, seq=3000))),          # ok ...
         (t.feature(0), encode(feat(0, 5, seq=3000))),          # ... replayed: duplicate
     ]
@@ -124,7 +165,7 @@ def test_hostile_frames_are_rejected_and_counted(mosquitto, live_nodes, deployme
                               "replayed": 1}
     assert fusion.decoder.counters == {"wrong_width": 1, "unknown_student": 1,
                                        "wrong_deployment": 1, "bad_scale": 1,
-                                       "topic_mismatch": 1}
+                                       "topic_mismatch": 1, "stale_model": 1}
     # ... and the system still works: every real frame is predicted, exactly as offline
     score = nodes.source.run()
     assert len(score.predictions) == 30
