@@ -172,7 +172,7 @@ def test_energy_section_student_beside_teacher_on_the_same_board():
     assert d1["estimate"]["latency_ms"] == pytest.approx(30_000 * 3.0 / 64e6 * 1e3)
     assert d1["estimate"]["radio_uj"] == pytest.approx(15 + 8 * 48 * 14.4 / 1e3)
     t0 = d0["teacher"]
-    assert t0["fits"] and t0["payload_bytes"] == 10 + 36  # a teacher node sends its prediction
+    assert t0["fits"] and t0["payload_bytes"] == 10 + 44  # a teacher node sends its prediction
     assert d0["ratios"]["latency"] == pytest.approx(2_000_000 / 20_000)  # same board: MAC ratio
     assert d0["ratios"]["energy"] == pytest.approx(t0["estimate"]["total_uj"] / d0["estimate"]["total_uj"])
     assert sec["label"].startswith("estimate") and any("cycles_per_mac" in f for f in sec["formula"])

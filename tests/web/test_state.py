@@ -67,7 +67,7 @@ def test_one_frame_becomes_image_top3_vectors_and_latency():
     assert f["latency_ms"] == pytest.approx(5.0, abs=0.01)
     assert f["truth"] is None and f["correct"] is None  # the source has not told us yet
     d1 = snap["devices"][1]
-    assert d1["node"] == "device-1" and d1["frame_bytes"] == 36 + 6
+    assert d1["node"] == "device-1" and d1["frame_bytes"] == 44 + 6
     assert d1["vector"] == [0.5] * 6 and d1["offset_ms"] == pytest.approx(3.0, abs=0.01)
     assert snap["reference_accuracy"] == 0.9
     json.dumps(snap, allow_nan=False)  # what the server sends must be strict JSON
