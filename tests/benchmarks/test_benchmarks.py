@@ -81,7 +81,7 @@ def test_cifar10_quick_and_communication_on_a_stand_in(bench_env):
     assert comm.returncode == 0, comm.stderr[-3000:]
     cdoc = json.loads((results / "communication-quick-stand-in.json").read_text())
     row = cdoc["rows"][0]
-    assert row["nonn_bytes"] < row["split_bytes"] and row["offload_bytes"] == 16 * 16 * 3 + 36
+    assert row["nonn_bytes"] < row["split_bytes"] and row["offload_bytes"] == 16 * 16 * 3 + 44
 
     runs = sorted(work.glob("*/nonn-k4"))
     assert runs, list(work.iterdir())

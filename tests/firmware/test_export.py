@@ -80,9 +80,9 @@ def test_top_readme_maps_boards_to_projects_and_topics(request, target):
     for k, width in ((0, 5), (1, 6)):
         assert re.search(rf"\| [^|]*#{k} \| `device_{k}/` \(student {k}\) \| "
                          rf"`nonn/digits-k2/image` \| `nonn/digits-k2/feature/{k}`: "
-                         rf"36 \+ {width} B feature frame \|", text)
+                         rf"44 \+ {width} B feature frame \|", text)
         assert f"cd fw/device_{k} &&" in text
-    assert "`nonn/digits-k2/prediction`: 36 + 10 B prediction frame" in text
+    assert "`nonn/digits-k2/prediction`: 44 + 10 B prediction frame" in text
     assert "nonn-tflite fusion" in text  # the Python fusion node stays the default
     assert f"0x{fw.deployment_id:08X}" in text
 
@@ -97,7 +97,7 @@ def test_esp32_project_pins_its_libraries_and_sizes_the_mqtt_buffer(esp32_fw):
     assert " ".join(deps) == ("tanakamasayuki/TensorFlowLite_ESP32 @ 1.0.0 "
                               "knolleary/PubSubClient @ 2.8")
     buffer = int(re.search(r"-DMQTT_MAX_PACKET_SIZE=(\d+)", env["build_flags"]).group(1))
-    assert buffer >= 5 + 2 + len("nonn/digits-k2/feature/0") + 36 + 64  # image frame + topic
+    assert buffer >= 5 + 2 + len("nonn/digits-k2/feature/0") + 44 + 64  # image frame + topic
     assert "${sysenv.NONN_WIFI_PASSWORD}" in env["build_flags"]
     fusion = configparser.ConfigParser()
     fusion.read(esp32_fw.project("fusion").path / "platformio.ini")
@@ -271,7 +271,7 @@ def test_student_that_does_not_fit_names_the_numbers(run, tmp_path):
 def test_image_frames_beyond_the_mqtt_client_buffer_are_refused(run, tmp_path, monkeypatch):
     import dataclasses
 
-    packet = 5 + 2 + len("nonn/digits-k2/status/device-0") + 36 + 64  # header, topic, image
+    packet = 5 + 2 + len("nonn/digits-k2/status/device-0") + 44 + 64  # header, topic, image
     tight = dataclasses.replace(TARGETS["esp32-platformio"], mqtt_packet_limit=packet - 1)
     monkeypatch.setitem(TARGETS, "esp32-platformio", tight)
     with pytest.raises(BoardFitError, match=rf"student_0\.tflite: an image frame needs a {packet} "
