@@ -45,13 +45,16 @@ class ConversionError(NonnError):
 
 
 class CompatibilityError(ConversionError):
-    """A converted model would not run under TensorFlow Lite Micro; lists every offence."""
+    """A model would not run under TensorFlow Lite Micro (or not as full int8).
 
-    def __init__(self, problems: list[str], what: str = "model") -> None:
+    The message is one line, the first problem and a count; ``problems`` keeps them all (the
+    table ``inspect`` prints carries the rest)."""
+
+    def __init__(self, problems: list[str], what: str = "model",
+                 reason: str = "is not TFLite-Micro compatible") -> None:
         self.problems = list(problems)
-        shown = "; ".join(self.problems[:8])
-        more = f" (+{len(self.problems) - 8} more)" if len(self.problems) > 8 else ""
-        super().__init__(f"{what} is not TFLite-Micro compatible: {shown}{more}")
+        more = f" ... and {len(self.problems) - 1} more" if len(self.problems) > 1 else ""
+        super().__init__(f"{what} {reason}: {self.problems[0] if self.problems else '?'}{more}")
 
 
 class BoardFitError(NonnError):

@@ -201,34 +201,65 @@ def captured_output(fds: tuple[int, ...] = (1, 2)) -> Iterator[_Captured]:
 # -- TFLite Micro compatibility ---------------------------------------------------------------
 
 def tflm_problems(model: TFLiteModel, known_layers: list[str] | None = None) -> list[str]:
-    """Every reason ``model`` would not run as a full-int8 model under TFLite Micro.
+    """Every reason TensorFlow Lite Micro itself would refuse ``model`` (allocate or invoke).
 
-    Each message names the op or tensor and the Keras layer it came from (read from tensor
-    names; ``known_layers`` makes that exact).
+    Only what TFLM checks counts: an op without a TFLM kernel (custom ops included), and a
+    hybrid op (int8 weights, float activations: "Hybrid models are not supported on TFLite
+    Micro"). TFLM allocates every tensor from ``shape`` and never reads ``shape_signature``, so
+    a converter's ``[-1, H, W, C]`` signature is no problem (see :func:`tflm_notes`); a
+    negative dimension in ``shape`` itself is refused earlier, by the reader. Float models run
+    under TFLM too; that the toolkit's devices need full int8 is :func:`int8_problems`.
+    Each message names the op and the Keras layer it came from (read from tensor names;
+    ``known_layers`` makes that exact). tests/convert/test_tflm_agreement.py holds this
+    against a real TFLM allocate+invoke.
     """
     problems: list[str] = []
     for op in model.operators:
         problems += _op_problems(model, op, known_layers)
+    return list(dict.fromkeys(problems))
+
+
+def int8_problems(model: TFLiteModel, known_layers: list[str] | None = None) -> list[str]:
+    """Where ``model`` departs from the full-int8, batch-1 form the toolkit deploys.
+
+    TFLM would run such a model (a float model, say), but the devices and the wire format
+    (int8 vectors, one scale and zero point each) need int8 tensors throughout, int8 weights,
+    int32 biases and batch 1, so ``convert`` refuses its own output on any of these.
+    """
+    problems: list[str] = []
+    for op in model.operators:
+        problems += _int8_op_problems(model, op, known_layers)
     produced = {i for op in model.operators for i in op.outputs}
     for t in model.tensors:
-        activation = t.index in produced or t.index in model.inputs
+        if t.index not in produced and t.index not in model.inputs:
+            continue
         op = model.producer(t.index)
         layer = op_layer(model, op, known_layers) if op else layer_of(t.name)
         where = f"tensor '{t.name}' (layer {layer})"
-        if activation and t.dtype != "int8":
+        if t.dtype != "int8":
             origin = f", output of op {op.index} {op.opcode}" if op else ", a model input"
             problems.append(f"{where} is {t.dtype}, not int8{origin}")
-        elif activation and (t.quant is None or t.quant.per_tensor is None):
+        elif t.quant is None or t.quant.per_tensor is None:
             problems.append(f"{where} is int8 without one per-tensor scale/zero point")
-        if t.is_dynamic:
-            problems.append(f"{where} has a dynamic shape {list(t.shape_signature or ())}; "
-                            "TFLM needs fixed shapes")
     for i in model.inputs + model.outputs:
         t = model.tensors[i]
         if t.shape and t.shape[0] != 1:
-            problems.append(f"model input/output '{t.name}' has batch {t.shape[0]}; TFLM runs "
-                            "batch 1")
+            problems.append(f"model input/output '{t.name}' has batch {t.shape[0]}; the devices "
+                            "run batch 1")
     return list(dict.fromkeys(problems))
+
+
+def tflm_notes(model: TFLiteModel) -> list[str]:
+    """Facts worth a line that are no TFLM problem: dynamic dimensions in ``shape_signature``
+    other than the batch (TFLM runs the model at the stored ``shape`` regardless)."""
+    notes = []
+    for i in model.inputs:
+        t = model.tensors[i]
+        sig = t.shape_signature or ()
+        if any(d < 0 for d in sig[1:]):
+            notes.append(f"input '{t.name}' has shape_signature {list(sig)}; TFLM ignores it and "
+                         f"runs the model at its stored shape {list(t.shape)}")
+    return notes
 
 
 def _op_problems(model: TFLiteModel, op: OpInfo, known: list[str] | None) -> list[str]:
@@ -244,10 +275,20 @@ def _op_problems(model: TFLiteModel, op: OpInfo, known: list[str] | None) -> lis
     if op.opcode in MAC_OPS:
         weights = _input(model, op, 1)
         act = _input(model, op, 2 if op.opcode == "TRANSPOSE_CONV" else 0)
+        if (weights is not None and weights.dtype in ("int8", "int4") and act is not None
+                and act.dtype == "float32"):
+            out.append(f"{where} is a hybrid op ({weights.dtype} weights, float32 activations), "
+                       "which TFLM refuses")
+    return out
+
+
+def _int8_op_problems(model: TFLiteModel, op: OpInfo, known: list[str] | None) -> list[str]:
+    where = f"op {op.index} {op.opcode} (layer {op_layer(model, op, known)})"
+    out = []
+    if op.opcode in MAC_OPS:
+        weights = _input(model, op, 1)
         if weights is not None and weights.is_constant and weights.dtype != "int8":
             out.append(f"{where} has {weights.dtype} weights '{weights.name}', not int8")
-        if weights is not None and weights.dtype == "int8" and act is not None and act.dtype == "float32":
-            out.append(f"{where} is a hybrid op (int8 weights, float32 activations)")
     bias = _input(model, op, _BIAS_INPUT.get(op.opcode, -1))
     if bias is not None and bias.dtype != "int32":
         out.append(f"{where} has a {bias.dtype} bias '{bias.name}', not int32")
@@ -262,11 +303,15 @@ def _input(model: TFLiteModel, op: OpInfo, pos: int):
 
 def check_tflm(model: TFLiteModel | bytes, what: str = "model",
                known_layers: list[str] | None = None) -> TFLiteModel:
-    """Raise :class:`CompatibilityError` listing every problem, else return the parsed model."""
+    """The parsed model, or :class:`CompatibilityError` (first problem and a count) when TFLM
+    would refuse it or it is not the full-int8 batch-1 model the devices need."""
     parsed = parse_tflite(model, what) if isinstance(model, (bytes, bytearray)) else model
-    problems = tflm_problems(parsed, known_layers)
-    if problems:
-        raise CompatibilityError(problems, what)
+    refused = tflm_problems(parsed, known_layers)
+    if refused:
+        raise CompatibilityError(refused + int8_problems(parsed, known_layers), what)
+    not_int8 = int8_problems(parsed, known_layers)
+    if not_int8:
+        raise CompatibilityError(not_int8, what, "is not a full-int8 TFLite Micro model")
     return parsed
 
 

@@ -311,12 +311,12 @@ def print_inspection(ins, console=None, show_tensors: bool = True) -> None:
                        str(pt[1]) if pt else "-", f"{t.data_bytes:,}" if t.data_bytes else "")
         con.print(ts)
     if ins.problems:
-        con.print(f"[red]TFLite Micro int8 check: {len(ins.problems)} problem(s)[/]")
+        con.print(f"[red]TFLite Micro check: {len(ins.problems)} problem(s)[/]")
         for p in ins.problems:
             con.print(f"  - {p}")
     else:
-        con.print("[green]TFLite Micro int8 check: OK[/] (TFLM ops, int8 activations, int32 "
-                  "biases, batch 1, static shapes)")
+        con.print("[green]TFLite Micro check: OK[/] (every op has a TFLM kernel, no hybrid ops, "
+                  "fixed shapes)")
     if ins.arena:
         con.print(f"arena: {ins.arena.arena_bytes:,} B on this 64-bit host; allocate "
                   f"{ins.arena.arena_bytes_32bit:,} B on a 32-bit target (margin included)")

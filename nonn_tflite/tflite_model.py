@@ -373,7 +373,9 @@ def _tensor(index: int, t: _Table, buffers: list[tuple[int, int]], buf: _Buf) ->
     if buffer >= len(buffers):
         raise buf.fail(f"{what} ({name}) uses buffer {buffer} of {len(buffers)}")
     if any(d < 0 for d in shape):
-        raise buf.fail(f"{what} ({name}) has a negative dimension in shape {list(shape)}")
+        raise buf.fail(f"{what} ({name}) has a negative dimension in shape {list(shape)} (a "
+                       "dynamic tensor: TFLM allocates every tensor from its stored shape and "
+                       "refuses dynamic ones; a -1 belongs in shape_signature only)")
     sig = t.vector(7, "i", f"{what} shape_signature")
     data_offset, data_bytes = buffers[buffer]
     if data_bytes and dtype in DTYPE_BYTES and data_bytes != _prod(shape) * DTYPE_BYTES[dtype]:

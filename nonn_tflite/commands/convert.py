@@ -84,11 +84,13 @@ def convert_and_report(run_dir: str | Path, options=None, *, force: bool = False
 @common_options
 def inspect(model_file: str, latency_runs: int, no_arena: bool, no_tensors: bool,
             as_json: bool) -> None:
-    """Show ops, tensors, int8/TFLM check, arena, MACs and params of any .tflite file.
+    """Show ops, tensors, TFLM check, arena, MACs and params of any .tflite file.
 
     TFLite Micro runs in a child process, so a malformed model cannot crash this command.
-    Exit code 0: the model runs under TFLM; 1: it does not (problems listed); 2: the file is
-    not a sound .tflite model.
+    Exit code 0: the model runs under TFLM; 1: it does not (only reasons TFLM itself refuses:
+    an op it lacks, a hybrid op; the first one and a count, the table lists all); 2: the file
+    is not a sound .tflite model. A dynamic batch in shape_signature is fine (TFLM uses
+    shape); a float model that TFLM runs exits 0, with a note that it is not full int8.
 
     \b
     Example:
@@ -96,14 +98,29 @@ def inspect(model_file: str, latency_runs: int, no_arena: bool, no_tensors: bool
     """
     from nonn_tflite.errors import CompatibilityError, ModelFileError
     from nonn_tflite.profile import inspect_file
+    from nonn_tflite.quantize import int8_problems, tflm_notes
     from nonn_tflite.report import print_inspection
 
     ins = inspect_file(model_file, arena=not no_arena, latency_runs=latency_runs)
+    not_int8, notes = int8_problems(ins.model), tflm_notes(ins.model)
     if as_json:
-        click.echo(json.dumps(ins.as_dict(), indent=2))
+        facts = ins.as_dict()
+        facts.update({"full_int8": not not_int8, "int8_problems": not_int8, "notes": notes})
+        click.echo(json.dumps(facts, indent=2))
     else:
         print_inspection(ins, show_tensors=not no_tensors)
+        _print_int8_notes(not_int8, notes)
     if ins.problems:  # the facts are shown; the exit code says the model cannot run
         raise CompatibilityError(ins.problems, model_file)
     if ins.arena_error:
         raise ModelFileError(ins.arena_error)
+
+
+def _print_int8_notes(not_int8: list[str], notes: list[str]) -> None:
+    """What TFLM runs but the toolkit's int8 devices would not take, and other notes."""
+    if not_int8:
+        click.echo(f"not full int8 ({len(not_int8)}; TFLM runs it, the int8 devices and wire "
+                   f"format need int8 throughout): {not_int8[0]}"
+                   + (f" ... and {len(not_int8) - 1} more (--json lists all)" if len(not_int8) > 1 else ""))
+    for note in notes:
+        click.echo(f"note: {note}")

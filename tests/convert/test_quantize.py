@@ -13,6 +13,7 @@ from nonn_tflite.quantize import (
     check_tflm,
     convert_int8,
     indices_digest,
+    int8_problems,
     tflm_problems,
 )
 from nonn_tflite.tflite_model import builtin_op_names, parse_tflite
@@ -62,17 +63,19 @@ def test_op_without_tflm_kernel_is_refused_by_name(float_images):
         measure_arena(data)
 
 
-def test_float_and_dynamic_models_are_refused_with_every_offence(float_images):
+def test_float_models_run_under_tflm_but_convert_refuses_them_with_every_offence(float_images):
     import tensorflow as tf
 
-    conv = tf.lite.TFLiteConverter.from_keras_model(_model())  # plain float, batch -1
+    conv = tf.lite.TFLiteConverter.from_keras_model(_model())  # plain float, batch -1 signature
     data = conv.convert()
-    problems = tflm_problems(parse_tflite(data))
+    assert tflm_problems(parse_tflite(data)) == []  # TFLM runs float models (and ignores -1)
+    problems = int8_problems(parse_tflite(data))
     text = "\n".join(problems)
     assert "is float32, not int8" in text and "layer smooth+conv_a" in text  # ReLU fused
-    assert "dynamic shape" in text and "has float32 weights" in text
-    with pytest.raises(CompatibilityError, match="not TFLite-Micro compatible"):
+    assert "has float32 weights" in text and "dynamic" not in text
+    with pytest.raises(CompatibilityError, match="is not a full-int8 TFLite Micro model") as exc:
         check_tflm(data)
+    assert f"and {len(problems) - 1} more" in str(exc.value) and "\n" not in str(exc.value)
 
 
 def test_tflm_op_list_names_real_builtins():
