@@ -1,4 +1,10 @@
-"""Rewrite the README's Results section from the latest benchmark JSON (never typed by hand).
+"""Rewrite the README's generated sections (never typed by hand):
+
+* "What you get", between ``<!-- what-you-get:start/end -->``, from the committed reference
+  deployment ``models/digits-k2`` (its ``tflite/report.json`` and ``manifest.json``) and the live
+  demo summaries ``benchmarks/results/demo-digits-k2*.json``, all written by
+  ``python benchmarks/digits_k2.py`` (which then calls this);
+* Results, between ``<!-- results:start/end -->``, from the latest benchmark JSON.
 
     python benchmarks/readme_results.py            # prefers the cpu profile, else quick
 """
@@ -11,11 +17,89 @@ import sys
 from common import RESULTS, ROOT, markdown_table
 
 START, END = "<!-- results:start -->", "<!-- results:end -->"
+WYG_START, WYG_END = "<!-- what-you-get:start -->", "<!-- what-you-get:end -->"
+REFERENCE = ROOT / "models" / "digits-k2"
 
 
 def _load(name: str) -> dict | None:
     path = RESULTS / name
     return json.loads(path.read_text()) if path.exists() else None
+
+
+def _kib(b: int) -> str:
+    return f"{b / 1024:.1f} KiB"
+
+
+def _count(v: int) -> str:
+    return f"{v / 1e6:.2f} M" if v >= 1e6 else f"{v / 1e3:.1f} k"
+
+
+def _pct(a: float | None) -> str:
+    return "-" if a is None else f"{100 * a:.2f}"
+
+
+def what_you_get_section(ref: Path = REFERENCE, results: Path | None = None) -> list[str]:
+    """The README's "What you get" table and sentences, from the reference deployment's
+    report.json + manifest.json and the demo summaries (no figure typed by hand)."""
+    results = results or RESULTS
+    rep = json.loads((ref / "tflite" / "report.json").read_text())
+    man = json.loads((ref / "manifest.json").read_text())
+    sysm, t, f = rep["system"], rep["teacher"], rep["fusion"]
+    arch = man["config"]["teacher"]["arch"].upper()
+    n_test = rep["dataset"]["test_images"]
+
+    def row(name: str, m: dict, payload: str, acc: str) -> str:
+        return (f"| {name} | {_kib(m['flash_bytes'])} | {m['arena_bytes'] / 1024:.1f} / "
+                f"{_kib(m['arena_bytes_32bit'])} | {_count(m['params'])} | {_count(m['macs'])} | "
+                f"{m['latency_ms']:.3f} | {payload} | {acc} |")
+
+    lines = ["| model | flash | TFLM arena (host / 32-bit) | params | MACs | LiteRT ms p50 | "
+             "payload B | test acc float / int8 |", "|---|---|---|---|---|---|---|---|",
+             row(f"teacher ({arch})", t, "-",
+                 f"{_pct(sysm['teacher_accuracy_float'])} / {_pct(sysm['teacher_accuracy_int8'])} %")]
+    for s in rep["students"]:
+        lines.append(row(f"student {s['id']}", s, str(s["payload_bytes"]), "-"))
+    lines.append(row("fusion", f, "-", f"**{_pct(sysm['accuracy_float'])} / "
+                                         f"{_pct(sysm['accuracy_int8'])} %** (NoNN system)"))
+    r = rep["ratios"]
+    widest = max(rep["students"], key=lambda s: s["payload_bytes"])
+    header = widest["payload_bytes"] - widest["width"]
+    part = json.loads((ref / "partition.json").read_text())
+    chosen = part.get("percentile")
+    how = (f"chosen by `--percentile auto`" if part.get("percentile_requested") == "auto"
+           else "`--percentile`")
+    lines += ["", f"Teacher / largest student: flash {r['flash']:.1f}x, arena {r['arena']:.1f}x, latency "
+                  f"{r['latency']:.1f}x, MACs {r['macs']:.1f}x, params {r['params']:.1f}x; each device "
+                  f"sends {widest['payload_bytes']} bytes per inference ({widest['width']} int8 features + "
+                  f"{header}-byte header). Accuracies on the {n_test} test images. The partition keeps "
+                  f"the {part['edges']} strongest edges of the filter network (the "
+                  f"{chosen:g}th percentile, {how}); its {len(part['sizes'])} parts have modularity "
+                  f"{part['modularity']:.2f}" + (f" (warning: {part['warning']})" if part.get("warning") else
+                                                 ", no structure warning") + "."]
+    lines += _demo_lines(results, ref.name)
+    lines += ["", f"(Made {man['created'][:10]} by `python benchmarks/digits_k2.py`: one run of the "
+                  "command above, copied to `models/digits-k2`; the table is its "
+                  "`tflite/report.md`.)"]
+    return lines
+
+
+def _demo_lines(results: Path, name: str) -> list[str]:
+    live = results / f"demo-{name}.json"
+    kill = results / f"demo-{name}-kill.json"
+    if not live.exists():
+        return []
+    d = json.loads(live.read_text())
+    lat = d["latency_ms"]
+    cmd = d.get("command", "nonn-tflite demo")
+    text = (f"Live over MQTT (`{cmd}`): accuracy {d['accuracy']:.4f} "
+            f"{'==' if d['accuracy'] == d['offline_accuracy'] else 'vs'} offline int8 "
+            f"{d['offline_accuracy']:.4f}, end-to-end p50 {lat['p50']:.1f} ms / p99 {lat['p99']:.1f} ms")
+    if kill.exists():
+        k = json.loads(kill.read_text())
+        dead = ", ".join(f"device {x['device']}" for x in k["killed"]) or "no device"
+        text += (f"; with `{k.get('kill_flag', '--kill-device')}`, {k['partial_frames']} of {k['frames']} "
+                 f"frames arrive partial ({dead} zero-filled) and accuracy holds at {k['accuracy']:.4f}")
+    return ["", text + "."]
 
 
 def cifar_section() -> list[str]:
@@ -46,11 +130,35 @@ def comm_section() -> list[str]:
     if not doc:
         return []
     rows = [r for r in doc["rows"] if r["compute"] != "host"]
+    for r in rows:  # older results lack the column; it is a ratio of two columns they do have
+        if r.get("offload_over_nonn") is None and r.get("nonn_ms"):
+            r["offload_over_nonn"] = round(r["offload_ms"] / r["nonn_ms"], 2)
     cols = ["K", "compute", "link", "nonn_bytes", "split_bytes", "offload_bytes", "nonn_ms", "split_ms",
-            "offload_ms", "split_over_nonn"]
+            "offload_ms", "split_over_nonn", "offload_over_nonn"]
     return [f"### Communication per inference (`{doc['command']}`)", "",
             "Bytes are exact; latencies combine the board cost model's compute estimate with link models.", "",
-            markdown_table(rows, cols)]
+            markdown_table(rows, cols), *_offload_lines(doc, rows)]
+
+
+def _offload_lines(doc: dict, rows: list[dict]) -> list[str]:
+    """Say plainly where offload beats NoNN, and on what assumption."""
+    wins = [r for r in rows if r["offload_over_nonn"] < 1]
+    if not wins:
+        return ["NoNN is faster than offload on every row above.", ""]
+    links = sorted({r["link"] for r in wins})
+    best = min(wins, key=lambda r: r["offload_over_nonn"])
+    return [f"**Offload wins on {len(wins)} of {len(rows)} rows** ({', '.join(links)}; "
+            f"`offload_over_nonn` < 1, down to {best['offload_over_nonn']:g} = "
+            f"{1 / best['offload_over_nonn']:.1f}x faster on {best['link']} at K={best['K']}). That is by "
+            "construction: offload assumes a host next to the camera that runs the *whole teacher* (at "
+            "this host's measured LiteRT time) and only pays for sending the image once, while NoNN's "
+            f"students run on the {best['compute']} itself (its cost model). "
+            "Where there is no such host, or the image must not leave the device, offload is not an "
+            "option; NoNN sends "
+            f"{best['nonn_bytes']} B instead of {best['offload_bytes']} B per inference"
+            + (f", and split computing (the teacher cut across the devices) is "
+               f"{min(r['split_over_nonn'] for r in rows if r.get('split_over_nonn')):g}x or more slower "
+               "than NoNN." if any(r.get("split_over_nonn") for r in rows) else "."), ""]
 
 
 def live_section() -> list[str]:
@@ -76,21 +184,38 @@ def partition_section() -> list[str]:
     if not doc:
         return []
     biggest = max(doc["rows"], key=lambda r: (r["filters"], r["images"]))
-    return [f"### Partition scaling (`{doc['command']}`)", "",
-            f"{biggest['filters']} filters x {biggest['images']} images: {biggest['seconds']} s, "
-            f"{biggest['peak_mb']} MB peak, planted groups recovered {biggest['recovery']:.0%}. "
-            "Full table: `benchmarks/results/partition-full.md`.", ""]
+    lines = [f"### Partition scaling (`{doc['command']}`)", "",
+             f"{biggest['filters']} filters x {biggest['images']} images: {biggest['seconds']} s, "
+             f"{biggest['peak_mb']} MB peak, planted groups recovered {biggest['recovery']:.0%}. "
+             "Full table: `benchmarks/results/partition-full.md`.", ""]
+    ref = _load("partition-reference.json")
+    for r in (ref or {}).get("reference", {}).get("rows", []):
+        lines += [f"Against the NoNN reference (`{ref['command']}`, same planted maps, "
+                  f"{r['images']:,} images x {r['filters']} filters): its network build alone takes "
+                  f"{r['reference_build_s']:.2f} s; our whole partition (network, percentile choice, "
+                  f"Louvain, K-way merge) {r['ours_partition_s']:.3f} s, **{r['whole_vs_ref_build_x']:g}x "
+                  f"faster** (the network alone {r['ours_build_s']:.3f} s, {r['build_speedup_x']:g}x), "
+                  f"{'the same network' if r['same_network'] else 'a DIFFERENT network'}, ARI "
+                  f"{r['ari']:g} against the planted groups, {r['filters_used']} of {r['filters']} "
+                  "filters used.", ""]
+    return lines
+
+
+def render(text: str) -> str:
+    """``text`` (the README) with both generated sections rewritten."""
+    wyg = "\n".join([WYG_START, "", *what_you_get_section(), "", WYG_END])
+    if WYG_START not in text or WYG_END not in text:
+        raise SystemExit(f"error: README.md has no {WYG_START} ... {WYG_END} markers")
+    text = text[: text.index(WYG_START)] + wyg + text[text.index(WYG_END) + len(WYG_END):]
+    body = "\n".join([START, "", *cifar_section(), *comm_section(), *live_section(), *partition_section(), END])
+    if START in text and END in text:
+        return text[: text.index(START)] + body + text[text.index(END) + len(END):]
+    return text.rstrip() + "\n\n## Results\n\n" + body + "\n"
 
 
 def main() -> int:
     readme = ROOT / "README.md"
-    text = readme.read_text()
-    body = "\n".join([START, "", *cifar_section(), *comm_section(), *live_section(), *partition_section(), END])
-    if START in text and END in text:
-        text = text[: text.index(START)] + body + text[text.index(END) + len(END):]
-    else:
-        text = text.rstrip() + "\n\n## Results\n\n" + body + "\n"
-    readme.write_text(text)
+    readme.write_text(render(readme.read_text()))
     print(f"updated {readme}")
     return 0
 

@@ -73,6 +73,9 @@ def test_cifar10_quick_and_communication_on_a_stand_in(bench_env):
     assert all(r["latency_ms"] == doc["latency"]["ms"][r["system"]] > 0 for r in doc["rows"])
     k4 = doc["systems"]["nonn-k4"]
     assert len(k4["missing_one"]) == 4 and len(k4["students"]) == 4
+    # missing_one scores the same (whole) test split as the accuracy columns: 120 stand-in images
+    assert k4["missing_one_images"] == 120
+    assert next(r for r in doc["rows"] if r["system"] == "nonn-k4")["missing_one_images"] == 120
     assert (results / "cifar10-quick.md").exists() and (results / "cifar10-quick.png").exists()
     again = _run("cifar10.py", *args, env=env)  # resumable: every step is skipped now
     assert again.returncode == 0 and "== " not in again.stdout
@@ -104,6 +107,28 @@ def test_partition_quick_recovers_planted_groups(bench_env):
     doc = json.loads((Path(env["NONN_BENCH_RESULTS"]) / "partition-quick.json").read_text())
     assert {r["filters"] for r in doc["rows"]} == {64, 128}
     assert all(r["seconds"] > 0 and r["peak_mb"] > 0 and r["recovery"] >= 0.9 for r in doc["rows"])
+    # side by side with the reference's network build: the same network, the planted groups
+    (ref,) = doc["reference"]["rows"]
+    assert ref["same_network"] and ref["ari"] == 1.0 and ref["filters_used"] == ref["filters"]
+    assert ref["reference_build_s"] > 0 and ref["ours_partition_s"] > 0
+
+
+def test_readme_generated_sections_are_up_to_date():
+    """README's "What you get" and Results are exactly what readme_results renders from the
+    committed models/digits-k2 and benchmark JSON: no figure there is typed or stale."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import readme_results
+
+    readme = (ROOT / "README.md").read_text()
+    assert readme_results.render(readme) == readme, \
+        "README is stale: run python benchmarks/readme_results.py (or benchmarks/digits_k2.py)"
+    rep = json.loads((ROOT / "models" / "digits-k2" / "tflite" / "report.json").read_text())
+    section = readme[readme.index(readme_results.WYG_START):readme.index(readme_results.WYG_END)]
+    acc = rep["system"]["accuracy_int8"]
+    assert f"{100 * acc:.2f} %**" in section and f"{rep['teacher']['flash_bytes'] / 1024:.1f} KiB" in section
+    assert f"sends {rep['students'][0]['payload_bytes']} bytes" in section
+    comm = readme[readme.index("### Communication per inference"):]
+    assert "offload_over_nonn" in comm.splitlines()[4] and "whole teacher" in comm
 
 
 @pytest.mark.skipif(not shutil.which("mosquitto") and not Path("/usr/sbin/mosquitto").exists(),
