@@ -1,0 +1,112 @@
+"""QEMU measurements in the report: what was measured on the emulated cores, and what changes.
+
+``firmware_bridge.cortex_m.measure_run`` runs every model on emulated Cortex-M cores with the
+real TFLM C++ runtime. This module holds the report side, which is plain data and has no
+toolchain: each model entry gets its ``measured`` figures per configuration. The 32-bit arena
+becomes the measured ``arena_used_bytes()`` plus
+:data:`~nonn_tflite.profile.ARENA_32BIT_MARGIN_RULE` (no longer host + 25 %), so the board fit
+is checked again. The energy section is then recomputed, and boards whose core was emulated use
+measured instructions × cycles per instruction (nonn_tflite/boards.py).
+"""
+
+from __future__ import annotations
+
+from nonn_tflite.profile import ARENA_32BIT_MARGIN_RULE, arena_32bit_with_margin
+
+LABEL = "measured on QEMU (instruction counts, not cycles)"
+
+
+def _entries(report: dict) -> list[dict]:
+    return [report["teacher"], report["fusion"], *report["students"]]
+
+
+def apply_measurements(report: dict, results: dict[str, dict], meta: dict) -> dict:
+    """Put ``results`` (file -> config key -> figures) into ``report`` and redo what depends on
+    the arena and the instruction counts: board fits, ratios and the energy section."""
+    for entry in _entries(report):
+        measured = results.get(entry["file"])
+        if not measured:
+            continue
+        if "skipped" in measured:
+            entry["measured"] = None
+            entry["measured_skipped"] = measured["skipped"]
+            continue
+        entry["measured"] = measured
+        arena = max(m["arena_used_bytes"] for m in measured.values())
+        entry["arena_bytes_32bit_measured"] = arena
+        entry["arena_bytes_32bit"] = arena_32bit_with_margin(arena)
+        entry["arena_32bit_basis"] = ARENA_32BIT_MARGIN_RULE
+    report["measured"] = {"label": LABEL, **meta, "arena_rule": ARENA_32BIT_MARGIN_RULE,
+                          "rows": measured_rows(report),
+                          "teacher_student_instruction_ratio": instruction_ratios(report)}
+    _refit(report)
+    return report
+
+
+def measured_rows(report: dict) -> list[dict]:
+    rows = []
+    for entry in _entries(report):
+        for key, m in (entry.get("measured") or {}).items():
+            rows.append({"model": entry["file"], "config": key, **{k: m.get(k) for k in (
+                "cpu", "machine", "kernels", "instructions_per_inference", "arena_used_bytes",
+                "flash_bytes", "static_ram_bytes", "bit_exact")}})
+    return rows
+
+
+def instruction_ratios(report: dict) -> dict[str, float | None]:
+    """Per configuration: teacher instructions / the largest student's."""
+    teacher = report["teacher"].get("measured") or {}
+    out = {}
+    for key, t in teacher.items():
+        students = [(s.get("measured") or {}).get(key) for s in report["students"]]
+        biggest = max((s["instructions_per_inference"] for s in students if s), default=0)
+        out[key] = t["instructions_per_inference"] / biggest if biggest else None
+    return out
+
+
+def _refit(report: dict) -> None:
+    """Board fit of each student against its measured 32-bit arena; the energy section anew."""
+    from nonn_tflite.boards import BOARDS
+    from nonn_tflite.energy import energy_section
+
+    boards = []
+    for k, s in enumerate(report["students"]):
+        board = BOARDS.get(s.get("board") or "")
+        boards.append(board)
+        if board is None:
+            continue
+        over = []
+        if s["flash_bytes"] > board.model_flash_bytes:
+            over.append(f"flash {s['flash_bytes']:,} B > {board.model_flash_bytes:,} B left for the model")
+        if s["arena_bytes_32bit"] > board.model_ram_bytes:
+            over.append(f"arena {s['arena_bytes_32bit']:,} B (measured 32-bit + margin) > "
+                        f"{board.model_ram_bytes:,} B of RAM left for the arena")
+        s["fits"] = not over
+        s["problem"] = f"student {k} does not fit {board.name}: {'; '.join(over)}" if over else None
+    if report.get("energy") is not None or any(boards):
+        report["energy"] = energy_section(report, boards)
+
+
+def measured_markdown(section: dict) -> list[str]:
+    """report.md: the measured table, labelled with the QEMU machines."""
+    machines = ", ".join(dict.fromkeys(f"{c['machine']} ({c['cpu']})" for c in section["configs"]))
+    lines = ["## Measured on emulated Cortex-M cores (QEMU)", "",
+             f"Measured on QEMU {machines}: instruction counts, not cycles. The runtime is the "
+             f"real TFLite Micro C++ ({section.get('toolchain', {}).get('tflm', '?')}), built "
+             f"with {section.get('toolchain', {}).get('gcc', '?')}. The arena is TFLM's own "
+             "`arena_used_bytes()` from the 32-bit build. Flash is the linked program (text + "
+             "rodata + data, the runtime included); static RAM is data + bss, the reserved "
+             f"arena included. The arena the device reserves is the {section['arena_rule']}.",
+             "", "| model | config | instructions / inference | arena_used | flash | static RAM "
+             "| bit-exact vs Python TFLM |", "|---|---|---|---|---|---|---|"]
+    for r in section["rows"]:
+        flash = f"{r['flash_bytes']:,}" if r["flash_bytes"] else "-"
+        ram = f"{r['static_ram_bytes']:,}" if r["static_ram_bytes"] else "-"
+        lines.append(f"| {r['model']} | {r['config']} | {r['instructions_per_inference']:,} | "
+                     f"{r['arena_used_bytes']:,} | {flash} | {ram} | "
+                     f"{'yes' if r['bit_exact'] else 'NO'} |")
+    ratios = section.get("teacher_student_instruction_ratio") or {}
+    if ratios:
+        lines += ["", "Teacher / largest student, instructions per inference: " + ", ".join(
+            f"{k} {v:.1f}x" if v else f"{k} -" for k, v in ratios.items()) + "."]
+    return lines + [""]
