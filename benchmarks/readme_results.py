@@ -115,13 +115,32 @@ def cifar_section() -> list[str]:
              "", f"`{doc['command']}` — commit {doc['commit']}, {doc['machine']['cpu_count']} CPUs, {doc['date'][:10]}.",
              "Per-device figures (largest student); `_x` = teacher / per-device (memory = flash + arena); "
              "latencies re-measured side by side in the assembling run.", "",
-             markdown_table(doc["rows"], cols)]
+             markdown_table(doc["rows"], cols), *_missing_one_note(doc)]
     if doc.get("missing"):
         lines.append(f"Steps not run yet: {', '.join(doc['missing'])}.\n")
     png = f"benchmarks/results/cifar10-{profile}.png"
     if (ROOT / png).exists():
         lines.append(f"![accuracy vs memory per device]({png})\n")
     return lines
+
+
+LEGACY_MISSING_ONE_IMAGES = 2000  # benchmarks/cifar10.py: parts from before missing_one_images
+
+
+def _missing_one_note(doc: dict) -> list[str]:
+    """Say which test images ``missing_one`` scored (older runs: only the first 2,000)."""
+    counts = sorted({r.get("missing_one_images") or LEGACY_MISSING_ONE_IMAGES
+                     for r in doc["rows"] if r.get("missing_one")})
+    if not counts:
+        return []
+    test_images = 10000 if doc.get("dataset") == "cifar10" else max(counts)
+    if counts == [test_images]:
+        return [f"`missing_one`: int8 accuracy with each single device zero-filled, on the same "
+                f"{test_images:,} test images as the accuracy columns.", ""]
+    return [f"`missing_one`: int8 accuracy with each single device zero-filled, **on the first "
+            f"{', '.join(f'{c:,}' for c in counts)} test images only** in this run, while the accuracy "
+            f"columns use all {test_images:,} (`benchmarks/cifar10.py` now scores it on the whole "
+            "test split; these steps predate that).", ""]
 
 
 def comm_section() -> list[str]:
