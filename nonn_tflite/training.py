@@ -120,6 +120,17 @@ def accuracy(logits: np.ndarray, y: np.ndarray) -> float:
 
 
 def set_seed(seed: int) -> None:
+    """Seed Python, numpy and the backend (Keras's shuffling, augmentation and dropout draw
+    from these), and ask TensorFlow for deterministic kernels: with both, training on one
+    machine gives the same weights every run. Floating-point reduction order still depends on
+    the CPU's instruction set and core count (oneDNN picks kernels per CPU), so another CPU
+    may land a few test images apart."""
     import keras
 
     keras.utils.set_random_seed(seed)
+    if keras.backend.backend() == "tensorflow":
+        import tensorflow as tf
+
+        enable = getattr(tf.config.experimental, "enable_op_determinism", None)
+        if enable is not None:
+            enable()
