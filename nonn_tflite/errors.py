@@ -63,3 +63,8 @@ class BoardFitError(NonnError):
 
 class InternalError(NonnError):
     """An internal invariant failed (a bug in the toolkit, not bad input): exit code 1."""
+
+
+class ParityError(ConversionError):
+    """TFLite Micro and LiteRT's reference kernels disagree beyond the stated tolerance
+    (:mod:`nonn_tflite.parity`): host figures would not describe the device."""

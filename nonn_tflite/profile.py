@@ -38,8 +38,10 @@ import numpy as np
 from nonn_tflite.errors import ModelFileError
 from nonn_tflite.int8 import QParams
 from nonn_tflite.intake import verify_bytes, verify_file
+from nonn_tflite.interpreters import KERNELS, Int8Runner, first_line, litert, tflm  # noqa: F401
+from nonn_tflite.parity import ParityResult, first_mismatch, tflm_parity  # noqa: F401
 from nonn_tflite.quantize import captured_output, tflm_problems
-from nonn_tflite.tflite_model import TensorInfo, TFLiteModel, op_layer, parse_tflite
+from nonn_tflite.tflite_model import TensorInfo, TFLiteModel
 from nonn_tflite.wire import HEADER_SIZE
 
 ALIGN = 16
@@ -78,10 +80,7 @@ class ArenaResult:
         return asdict(self)
 
 
-def _tflm(buf: bytes, size: int):
-    from tflite_micro import runtime
-
-    return runtime.Interpreter.from_bytes(buf, arena_size=int(size))
+_tflm = tflm  # the one TFLM opener (nonn_tflite/interpreters.py)
 
 
 def _fits(buf: bytes, size: int) -> tuple[bool, str]:
@@ -232,64 +231,9 @@ def _child_bisect(path: str, lo: int, hi: int) -> None:
     print("done", json.dumps({"arena": best, "recorded": _recorded_total(buf, best)}), flush=True)
 
 
-# -- LiteRT --------------------------------------------------------------------------------------
+# -- LiteRT (nonn_tflite/interpreters.py; names kept here for importers) --------------------
 
-KERNELS = ("reference", "builtin", "default")
-
-
-def litert(buf: bytes, kernels: str = "reference", threads: int = 1):
-    """A LiteRT interpreter: ``reference`` (BUILTIN_REF), ``builtin`` (optimised builtin kernels,
-    no delegate: what the live nodes run) or ``default`` (with the XNNPACK delegate). On int8
-    models the three agree except for occasional 1-LSB rounding differences in some ops.
-    The bytes pass :func:`nonn_tflite.intake.verify_bytes` first, like every model we open."""
-    from ai_edge_litert.interpreter import Interpreter, OpResolverType
-
-    if kernels not in KERNELS:
-        raise ValueError(f"kernels must be one of {KERNELS}, not {kernels!r}")
-    verify_bytes(bytes(buf))
-    resolver = {"reference": OpResolverType.BUILTIN_REF,
-                "builtin": OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES,
-                "default": OpResolverType.AUTO}[kernels]
-    try:
-        with captured_output((2,)):  # "INFO: Created TensorFlow Lite XNNPACK delegate" on fd 2
-            it = Interpreter(model_content=buf, num_threads=threads,
-                             experimental_op_resolver_type=resolver)
-            it.allocate_tensors()
-    except (ValueError, RuntimeError) as exc:
-        raise ModelFileError(f"LiteRT cannot load the model: {_one_line(exc)}") from None
-    return it
-
-
-def _one_line(exc: Exception) -> str:
-    lines = [s for s in str(exc).strip().splitlines() if s.strip()]
-    return lines[0] if lines else type(exc).__name__
-
-
-class Int8Runner:
-    """Run a batch-1 int8 model over many inputs (LiteRT resizes the batch; int8 kernels treat
-    rows independently, so results equal single-image runs; tests check that)."""
-
-    def __init__(self, buf: bytes, kernels: str = "builtin", chunk: int = 256) -> None:
-        self.buf, self.kernels, self.chunk = buf, kernels, chunk
-        self._it = litert(buf, kernels)
-        self.input = self._it.get_input_details()[0]
-        self.output = self._it.get_output_details()[0]
-        self._batch = 1
-
-    def __call__(self, x: np.ndarray) -> np.ndarray:
-        x = np.asarray(x, dtype=self.input["dtype"])
-        outs = [self._run(x[i:i + self.chunk]) for i in range(0, len(x), self.chunk)]
-        return np.concatenate(outs) if outs else np.zeros((0, *self.output["shape"][1:]), np.int8)
-
-    def _run(self, x: np.ndarray) -> np.ndarray:
-        if len(x) != self._batch:
-            self._it.resize_tensor_input(self.input["index"], [len(x), *self.input["shape"][1:]],
-                                         strict=False)
-            self._it.allocate_tensors()
-            self._batch = len(x)
-        self._it.set_tensor(self.input["index"], x)
-        self._it.invoke()
-        return self._it.get_tensor(self.output["index"]).copy()
+_one_line = first_line
 
 
 @dataclass
@@ -323,83 +267,7 @@ def measure_latency(buf: bytes, runs: int = DEFAULT_LATENCY_RUNS, kernels: str =
                          round(float(np.percentile(times, 90)), 5), len(times))
 
 
-# -- parity --------------------------------------------------------------------------------------
-
-@dataclass
-class ParityResult:
-    samples: int
-    bit_exact: bool
-    max_abs_diff: int  # in LSB of the output
-    mismatched_values: int
-    total_values: int
-    first_mismatch: dict | None = None  # the first op whose output differs, when not exact
-    note: str = ""
-
-
-def tflm_parity(buf: bytes, inputs: np.ndarray, arena_bytes: int) -> ParityResult:
-    """TFLM vs LiteRT (reference kernels, 1 thread) on each input row, compared bit for bit.
-
-    When outputs differ, both runtimes are rerun keeping every tensor, to name the first op
-    whose output differs: that op's kernels round differently in the two runtimes.
-    """
-    ref = litert(buf, "reference")
-    inp, out = ref.get_input_details()[0], ref.get_output_details()[0]
-    with captured_output((2,)):
-        micro = _tflm(buf, arena_bytes)
-    xs = np.asarray(inputs, inp["dtype"]).reshape(-1, *inp["shape"])
-    diffs = []
-    for x in xs:
-        ref.set_tensor(inp["index"], x)
-        ref.invoke()
-        micro.set_input(x, 0)
-        micro.invoke()
-        diffs.append(np.abs(ref.get_tensor(out["index"]).astype(np.int32)
-                            - micro.get_output(0).astype(np.int32)).ravel())
-    d = np.concatenate(diffs) if diffs else np.zeros(0, np.int32)
-    exact = bool(d.size) and not d.any()
-    first = None if exact or not d.size else first_mismatch(buf, xs, arena_bytes)
-    if exact:
-        note = "bit-exact"
-    else:
-        where = (f"; first difference at op {first['op']} {first['opcode']} (layer {first['layer']}, "
-                 f"max {first['max_abs_diff']} LSB), all ops before it bit-exact: TFLM and LiteRT "
-                 "round that op's int8 requantisation differently (a known difference between "
-                 "the two kernel sets, not a conversion error)" if first else "")
-        note = f"{int((d > 0).sum())} of {d.size} output values differ by up to {int(d.max())} LSB{where}"
-    return ParityResult(len(diffs), exact, int(d.max()) if d.size else 0, int((d > 0).sum()),
-                        int(d.size), first, note)
-
-
-def first_mismatch(buf: bytes, xs: np.ndarray, arena_bytes: int) -> dict | None:
-    """The first op (in execution order) whose output differs between TFLM and LiteRT(ref)."""
-    from ai_edge_litert.interpreter import Interpreter, OpResolverType
-    from tflite_micro import runtime
-
-    model = parse_tflite(buf)
-    ref = Interpreter(model_content=buf, num_threads=1, experimental_preserve_all_tensors=True,
-                      experimental_op_resolver_type=OpResolverType.BUILTIN_REF)
-    ref.allocate_tensors()
-    keep_all = arena_bytes + sum(t.numel * 4 for t in model.tensors) + (64 << 10)
-    with captured_output((2,)):
-        micro = runtime.Interpreter.from_bytes(
-            buf, arena_size=keep_all, intrepreter_config=runtime.InterpreterConfig.kPreserveAllTensors)
-    worst: dict[int, int] = {}
-    for x in xs:
-        ref.set_tensor(ref.get_input_details()[0]["index"], x)
-        ref.invoke()
-        micro.set_input(x, 0)
-        micro.invoke()
-        for op in model.operators:
-            t = op.outputs[0]
-            a = ref.get_tensor(t).astype(np.int64)
-            b = np.asarray(micro.GetTensor(t, 0)["tensor_data"]).astype(np.int64)
-            if a.shape == b.shape:
-                worst[op.index] = max(worst.get(op.index, 0), int(np.abs(a - b).max(initial=0)))
-    for op in model.operators:
-        if worst.get(op.index):
-            return {"op": op.index, "opcode": op.opcode, "layer": op_layer(model, op),
-                    "max_abs_diff": worst[op.index]}
-    return None
+# -- parity: nonn_tflite/parity.py (names kept here for importers) ---------------------------
 
 
 # -- quantisation helpers ----------------------------------------------------------------------

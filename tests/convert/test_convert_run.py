@@ -24,6 +24,7 @@ from nonn_tflite.quantize import convert_int8, tflm_problems
 from nonn_tflite.rundir import RunDir, sha256_file
 from nonn_tflite.teacher import load_keras_model
 from nonn_tflite.tflite_model import parse_tflite, read_tflite
+from nonn_tflite.wire import HEADER_SIZE
 
 MODELS = ("student_0.tflite", "student_1.tflite", "fusion.tflite", "teacher.tflite")
 
@@ -77,7 +78,30 @@ def test_int8_system_recomputed_from_files_matches_report(tdir, report, digits):
         slices.append(requantise(q, (s["output"]["scale"], s["output"]["zero_point"]), f_in))
     logits = Int8Runner((tdir / "fusion.tflite").read_bytes())(np.concatenate(slices, axis=1))
     acc = float(np.mean(np.argmax(logits, axis=1) == digits.y_test))
-    assert acc == pytest.approx(report["system"]["accuracy_int8"])
+    assert acc == pytest.approx(report["system"]["accuracy_int8_litert_builtin"])
+
+
+def test_int8_system_accuracy_is_what_tflm_computes(tdir, report, digits):
+    """accuracy_int8 is the TFLM figure: every model run by TFLite Micro itself, from the files."""
+    from nonn_tflite.interpreters import MicroRunner
+
+    dep = json.loads((tdir / "deployment.json").read_text())
+    f_in = (dep["fusion"]["input"]["scale"], dep["fusion"]["input"]["zero_point"])
+    slices = []
+    for s, r in zip(dep["students"], report["students"], strict=True):
+        x = images_to_int8(digits.x_test, (s["input"]["scale"], s["input"]["zero_point"]))
+        q = MicroRunner((tdir / s["file"]).read_bytes(), r["arena_bytes"])(x)
+        slices.append(requantise(q, (s["output"]["scale"], s["output"]["zero_point"]), f_in))
+    fusion = MicroRunner((tdir / "fusion.tflite").read_bytes(), report["fusion"]["arena_bytes"])
+    logits = fusion(np.concatenate(slices, axis=1))
+    acc = float(np.mean(np.argmax(logits, axis=1) == digits.y_test))
+    system = report["system"]
+    assert acc == pytest.approx(system["accuracy_int8"])
+    assert system["int8_runtimes"]["fusion.tflite"] == "TFLite Micro"  # FULLY_CONNECTED
+    assert system["int8_runtimes"]["student_0.tflite"].startswith("LiteRT BUILTIN_REF")
+    assert 0.8 < system["accuracy_int8_litert_xnnpack"] <= 1
+    assert report["parity"]["rule"].startswith("bit-exact")
+    assert all(m["passed"] for m in report["parity"]["models"].values())
 
 
 def test_batched_runner_equals_single_image_runs(tdir, digits):
@@ -148,7 +172,7 @@ def test_report_keys_and_numbers_match_the_files(tdir, report, converted):
         assert 0 < m["latency_ms"] <= m["latency_p90_ms"]
     for s in report["students"]:
         assert {"id", "filters", "payload_bytes", "board"} <= set(s)
-        assert s["payload_bytes"] == s["width"] + WIRE_HEADER_BYTES == len(s["filters"]) + 36
+        assert s["payload_bytes"] == s["width"] + WIRE_HEADER_BYTES == len(s["filters"]) + HEADER_SIZE
         assert s["accuracy_float"] is None and s["accuracy_int8"] is None
         assert s["board"] is None and s["fits"] is None  # boards=[]: fit skipped
     biggest = max(s["macs"] for s in report["students"])
