@@ -15,6 +15,8 @@ LiteRT kernel sets (``kernels``):
 
 from __future__ import annotations
 
+import contextlib
+
 import numpy as np
 
 from nonn_tflite.errors import ModelFileError
@@ -25,11 +27,14 @@ KERNELS = ("reference", "builtin", "default")
 
 
 def litert(buf: bytes, kernels: str = "reference", threads: int = 1, *,
-           what: str | None = None, preserve_all_tensors: bool = False):
+           what: str | None = None, preserve_all_tensors: bool = False, quiet: bool = True):
     """A LiteRT interpreter over ``buf``, tensors allocated.
 
-    ``what`` names the model in the error (``"{what} is not a loadable .tflite model: ..."``);
-    without it the message is ``"LiteRT cannot load the model: ..."``.
+    ``what`` names the model in the error (``"{what} is not a loadable .tflite model: ..."``,
+    the runtime's whole message on one line); without it the message is ``"LiteRT cannot load
+    the model: <first line>"``. ``quiet`` swallows LiteRT's fd-2 banner while loading (it
+    briefly redirects the process's stderr: the live nodes, with other threads running, pass
+    False).
     """
     from ai_edge_litert.interpreter import Interpreter, OpResolverType
 
@@ -40,14 +45,16 @@ def litert(buf: bytes, kernels: str = "reference", threads: int = 1, *,
                 "builtin": OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES,
                 "default": OpResolverType.AUTO}[kernels]
     try:
-        with captured_output((2,)):  # "INFO: Created TensorFlow Lite XNNPACK delegate" on fd 2
+        # "INFO: Created TensorFlow Lite XNNPACK delegate" on fd 2
+        with captured_output((2,)) if quiet else contextlib.nullcontext():
             it = Interpreter(model_content=bytes(buf), num_threads=threads,
                              experimental_op_resolver_type=resolver,
                              experimental_preserve_all_tensors=preserve_all_tensors)
             it.allocate_tensors()
     except (ValueError, RuntimeError) as exc:
-        lead = f"{what} is not a loadable .tflite model" if what else "LiteRT cannot load the model"
-        raise ModelFileError(f"{lead}: {first_line(exc)}") from None
+        if what:
+            raise ModelFileError(f"{what} is not a loadable .tflite model: {one_line(exc)}") from None
+        raise ModelFileError(f"LiteRT cannot load the model: {first_line(exc)}") from None
     return it
 
 

@@ -35,23 +35,16 @@ def _interpreter(path: Path, xnnpack: bool):
     """A LiteRT interpreter for a file that passed :mod:`nonn_tflite.intake` verification,
     checked to be one int8 input and one int8 output (what every node feeds and reads), and
     the file's bytes."""
-    from ai_edge_litert.interpreter import Interpreter, OpResolverType
-
-    from nonn_tflite.intake import one_line, verify_file
+    from nonn_tflite.intake import verify_file
+    from nonn_tflite.interpreters import litert
 
     if not path.is_file():
         raise ModelFileError(f"model file {path} not found")
     data, model = verify_file(path)  # never hand a runtime an unverified flatbuffer
     _check_io(model, path)
-    # Reference kernels + 1 thread are bit-exact with TFLite Micro (the MCU build); XNNPACK is
-    # faster on a Pi but may differ by 1 LSB.
-    resolver = OpResolverType.AUTO if xnnpack else OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES
-    try:
-        interp = Interpreter(model_content=data, num_threads=1,
-                             experimental_op_resolver_type=resolver)
-        interp.allocate_tensors()
-    except (ValueError, RuntimeError) as exc:
-        raise ModelFileError(f"{path} is not a loadable .tflite model: {one_line(exc)}") from None
+    # Builtin kernels without a delegate, 1 thread (nonn_tflite/interpreters.py); XNNPACK is
+    # faster on a Pi. Either may differ from TFLite Micro by 1 LSB on some values.
+    interp = litert(data, "default" if xnnpack else "builtin", what=str(path), quiet=False)
     return interp, data
 
 
