@@ -19,7 +19,8 @@ import numpy as np
 from nonn_tflite.config import DataConfig
 from nonn_tflite.errors import DatasetError
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif")
+# Image files read with Pillow, for datasets and for the live source alike (one list).
+IMAGE_SUFFIXES = (".bmp", ".gif", ".jpeg", ".jpg", ".pgm", ".png", ".ppm", ".webp")
 NPZ_FORMAT = "a pair train.npz/test.npz, each with arrays x (uint8, N x H x W x C) and y (int, N)"
 
 

@@ -23,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
+from nonn_tflite.data import IMAGE_SUFFIXES
 from nonn_tflite.errors import DatasetError
 from nonn_tflite.deployment import Deployment
 from nonn_tflite.live.models import IMAGE_SCALE, IMAGE_ZERO_POINT
@@ -37,7 +38,6 @@ from nonn_tflite.live.runtime import Window, now_us
 
 log = logging.getLogger(__name__)
 
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".pgm", ".ppm", ".webp"}
 
 
 # ---- images -------------------------------------------------------------------------------
