@@ -19,7 +19,8 @@ from typing import Any
 import numpy as np
 
 from firmware_bridge.carrays import array_symbol, hex_lines, to_c_array
-from firmware_bridge.qemu import CPUS, RUNTIME, Config, LinkSize, build_runtime, elf_size, run_probe
+from firmware_bridge.qemu import (CPUS, RUNTIME, Config, LinkSize, build_runtime, elf_size,
+                                  min_arena, run_probe)
 from firmware_bridge.qemu import TFLM_SOURCES_PY, _make, check_ops, qemu, tflm_tree
 from firmware_bridge.render import render
 from firmware_bridge.resolver import op_calls, render_resolver
@@ -159,9 +160,9 @@ def measured_arena(tflite_dir: Path, file_name: str, config: Config | None) -> t
         if isinstance(e, dict) and e.get("file") == file_name and e.get("measured"):
             m = e["measured"]
             if config is not None and config.key in m:
-                return int(m[config.key]["arena_used_bytes"]), config.key
-            key = max(m, key=lambda k: m[k]["arena_used_bytes"])
-            return int(m[key]["arena_used_bytes"]), key
+                return int(m[config.key]["arena_bytes_min"]), config.key
+            key = max(m, key=lambda k: m[k]["arena_bytes_min"])
+            return int(m[key]["arena_bytes_min"]), key
     return None
 
 
@@ -174,12 +175,13 @@ def device_arena(dep, model, config: Config | None) -> tuple[int, str]:
 
     found = measured_arena(dep.tflite_dir, model.path.name, config)
     if found is None and config is not None:
-        probe = run_probe(model.data, student_inputs(dep, model, 1), config)
-        found = (probe.arena_used_bytes, config.key)
+        inputs = student_inputs(dep, model, 1)
+        probe = run_probe(model.data, inputs, config)
+        found = (min_arena(model.data, inputs, config, probe.arena_used_bytes), config.key)
     if found is not None:
         measured, key = found
         return (arena_32bit_with_margin(measured),
-                f"{measured:,} B measured on QEMU ({key}); {ARENA_32BIT_MARGIN_RULE}")
+                f"{measured:,} B minimal arena measured on QEMU ({key}); {ARENA_32BIT_MARGIN_RULE}")
     return (arena_with_margin(model.arena.bytes),
             f"host arena {model.arena.bytes:,} B {ARENA_MARGIN_RULE} (not measured on a 32-bit "
             "target: run `nonn-tflite measure`)")
@@ -241,13 +243,14 @@ def measure_model(name: str, data: bytes, inputs: np.ndarray, configs, *, link: 
         probe = run_probe(data, inputs, config)
         m = {"model": name, "cpu": config.cpu, "machine": config.core.machine,
              "kernels": config.kernels, "arena_used_bytes": probe.arena_used_bytes,
+             "arena_bytes_min": min_arena(data, inputs, config, probe.arena_used_bytes),
              "instructions_per_inference": probe.instructions_median,
              "instructions": probe.instructions, "inferences": len(inputs),
              "bit_exact": bool(np.array_equal(probe.outputs.reshape(ref.shape), ref)),
              "label": config.core.label()}
         if link:
             root = (work or cache_root_links()) / f"{name}-{config.key}"
-            arena = arena_32bit_with_margin(probe.arena_used_bytes)
+            arena = arena_32bit_with_margin(m["arena_bytes_min"])
             write_model_project(root, name, data, config, inputs[:1], arena)
             size = elf_size(build_project(root, config))
             m.update(flash_bytes=size.flash_bytes, static_ram_bytes=size.static_ram_bytes,

@@ -185,15 +185,19 @@ def build_runtime(config: Config) -> Path:
     tree = tflm_tree(config.kernels)
     build = runtime_dir(config)
     elf = build / "probe.elf"
+    stamp = build / "probe.stamp"  # the platform files the probe was linked from
+    app = _digest(*sorted(RUNTIME.iterdir()))
     with _locked(build.with_suffix(".lock")):
-        if elf.is_file():
+        if elf.is_file() and stamp.is_file() and stamp.read_text() == app:
             return build
+        elf.unlink(missing_ok=True)  # relink only: the cached libtflm.a objects stay
         build.mkdir(parents=True, exist_ok=True)
         (build / "probe_ops.h").write_text(probe_ops_header())
         _make(["-f", str(RUNTIME / "probe.mk"), f"RUNTIME_DIR={RUNTIME}/", f"CPU={config.cpu}",
                f"KERNELS={config.kernels}", f"TFLM_DIR={tree}", f"BUILD={build}",
                f"TFLM_OPS={' '.join(PROBE_OPS)}", f"TFLM_SOURCES_PY={TFLM_SOURCES_PY}",
                str(elf)], cwd=build)
+        stamp.write_text(app)
     return build
 
 
@@ -252,19 +256,28 @@ class ProbeResult:
 _LINE = re.compile(r"^nonn-probe (\w+)=(.*)$", re.M)
 
 
+class ArenaTooSmall(NonnError):
+    """The probe's AllocateTensors or Invoke failed at the arena size it was given."""
+
+
 def run_probe(model: bytes, inputs: np.ndarray, config: Config, *, out_dtype=np.int8,
-              timeout: float = 600) -> ProbeResult:
-    """Run ``model`` on ``inputs`` (N samples, the input tensor's dtype) on the emulated core."""
+              arena: int | None = None, timeout: float = 600) -> ProbeResult:
+    """Run ``model`` on ``inputs`` (N samples, the input tensor's dtype) on the emulated core,
+    with an ``arena``-byte tensor arena (default: the probe's largest)."""
     build = build_runtime(config)
     inputs = np.ascontiguousarray(inputs)
     with tempfile.TemporaryDirectory(prefix="nonn-probe-") as tmp:
         work = Path(tmp)
         (work / "probe_model.tflite").write_bytes(model)
         (work / "probe_input.bin").write_bytes(inputs.tobytes())
+        if arena is not None:
+            (work / "probe_arena.txt").write_text(str(int(arena)))
         run = qemu(build / "probe.elf", config.cpu, work, timeout)
+        if run.returncode == 4 and "arena_too_small=" in run.stdout:
+            raise ArenaTooSmall(f"arena {arena} B too small")
         facts = _LINE.findall(run.stdout)
         errors = [v for k, v in facts if k == "error"]
-        if run.returncode != 0 or errors or ("done", "") not in [(k, v.strip()) for k, v in facts]:
+        if run.returncode != 0 or errors or "nonn-probe done" not in run.stdout:
             why = errors[0] if errors else (run.stdout + run.stderr).strip()[-300:]
             raise NonnError(f"TFLM probe on {config.core.machine} ({config.key}) failed "
                             f"(exit {run.returncode}): {why}")
@@ -274,6 +287,28 @@ def run_probe(model: bytes, inputs: np.ndarray, config: Config, *, out_dtype=np.
     n = len(inputs)
     outputs = np.frombuffer(raw, dtype=out_dtype).reshape(n, -1) if n else np.zeros((0, 0), out_dtype)
     return ProbeResult(config, arena, [config.core.instructions(t) for t in ticks], outputs.copy())
+
+
+def min_arena(model: bytes, inputs: np.ndarray, config: Config, arena_used: int) -> int:
+    """The smallest arena (16-byte steps) with which TFLM allocates *and* invokes ``model`` on
+    the 32-bit build. ``arena_used_bytes()`` alone is not enough: it leaves out the temporary
+    allocations of Prepare (seen here: 1,072 B used, 1,136 B failed in AllocateTensors)."""
+    def ok(size: int) -> bool:
+        try:
+            run_probe(model, inputs[:1], config, arena=size)
+            return True
+        except ArenaTooSmall:
+            return False
+
+    lo, hi = max(16, arena_used - 16), arena_used + max(256, arena_used // 8)
+    while not ok(hi):
+        lo, hi = hi, hi * 2
+    while hi - lo > 16:  # invariant: lo fails (or is a lower bound), hi works
+        mid = (lo + hi) // 2 // 16 * 16
+        if mid <= lo:
+            break
+        lo, hi = (lo, mid) if ok(mid) else (mid, hi)
+    return hi
 
 
 # -- per-model link: flash and static RAM -----------------------------------------------------

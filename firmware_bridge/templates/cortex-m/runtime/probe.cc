@@ -4,7 +4,8 @@
 // Reads probe_model.tflite and probe_input.bin (N samples of the input tensor's bytes) from
 // QEMU's working directory, writes probe_output.bin (N samples of the output tensor's bytes)
 // and prints one line per fact: "nonn-probe arena_used=...", "nonn-probe invoke=<i>
-// ticks=<t>". Exit status: 0 ok, 2 bad input files, 1 TFLM refused the model.
+// ticks=<t>". Exit status: 0 ok, 2 bad input files, 1 TFLM refused the model, 4 the arena
+// given in probe_arena.txt is too small.
 #include <cstdio>
 #include <cstring>
 
@@ -43,10 +44,17 @@ int main() {
   const tflite::Model* model = tflite::GetModel(g_model);
   static nonn::ProbeOpResolver resolver;
   if (nonn::RegisterProbeOps(resolver) != kTfLiteOk) return 1;
-  static tflite::MicroInterpreter interpreter(model, resolver, g_arena, sizeof g_arena);
+  // probe_arena.txt, if present: the arena size to try (measure bisects it for the minimum).
+  size_t arena_size = sizeof g_arena;
+  if (FILE* f = fopen("probe_arena.txt", "rb")) {
+    unsigned long want = 0;
+    if (fscanf(f, "%lu", &want) == 1 && want > 0 && want < arena_size) arena_size = want;
+    fclose(f);
+  }
+  static tflite::MicroInterpreter interpreter(model, resolver, g_arena, arena_size);
   if (interpreter.AllocateTensors() != kTfLiteOk) {
-    printf("nonn-probe error=AllocateTensors failed\n");
-    return 1;
+    printf("nonn-probe arena_too_small=%u\n", static_cast<unsigned>(arena_size));
+    return 4;
   }
   printf("nonn-probe arena_used=%u\n", static_cast<unsigned>(interpreter.arena_used_bytes()));
   TfLiteTensor* in = interpreter.input(0);
@@ -70,8 +78,8 @@ int main() {
     TfLiteStatus status = interpreter.Invoke();
     uint64_t t1 = nonn_ticks();
     if (status != kTfLiteOk) {
-      printf("nonn-probe error=Invoke failed\n");
-      return 1;
+      printf("nonn-probe arena_too_small=%u\n", static_cast<unsigned>(arena_size));
+      return 4;
     }
     fwrite(out->data.raw, 1, out->bytes, outputs);
     char ticks[24];
