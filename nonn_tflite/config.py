@@ -41,6 +41,9 @@ class TeacherConfig:
     arch: str = "wrn-16-2"
     train: TrainConfig = field(default_factory=TrainConfig)
     source: str | None = None  # path of a user's pretrained .keras teacher, if imported
+    # an imported teacher's input convention (--teacher-input; teacher.py): what was asked,
+    # or after the teacher stage, what was chosen on the validation split
+    input: str | None = None
 
 
 @dataclass

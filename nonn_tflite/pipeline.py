@@ -24,23 +24,34 @@ def _save_model(model, path: Path) -> None:
 
 
 def run_teacher(out: str | Path, data: DataConfig, cfg: TeacherConfig, force: bool = False,
-                quiet: bool = False) -> RunDir:
-    """Train a teacher (or import ``cfg.source``, a user's .keras) into a new run directory."""
+                quiet: bool = False, feature_layer: str | None = None) -> RunDir:
+    """Train a teacher (or import ``cfg.source``, a user's .keras/.h5) into a new run directory.
+
+    An imported teacher is saved as a graph taking [0, 1] images (its own input convention
+    inside, see :func:`nonn_tflite.teacher.import_teacher_model`), so later stages treat it
+    exactly like a trained one.
+    """
     from nonn_tflite.data import load_dataset
-    from nonn_tflite.teacher import (check_input_shape, evaluate, find_feature_layer,
-                                     load_keras_model, train_teacher)
+    from nonn_tflite.teacher import evaluate, explain_feature_layer, import_teacher_model, train_teacher
     from nonn_tflite.training import history_csv
 
     run = RunDir(out)
     ds = load_dataset(data)
     with run.stage("teacher", force=force) as st:
+        extra = {}
         if cfg.source:
-            model = load_keras_model(cfg.source)
-            check_input_shape(model, ds)
-            history = None
+            imported = import_teacher_model(cfg.source, ds, cfg.input, feature_layer)
+            model, history, layer, why = imported.model, None, imported.feature_layer, imported.feature_reason
+            cfg = replace(cfg, input=imported.convention.name)
+            extra["teacher_import"] = imported.describe()
+            log.info("teacher input: %s (%s; validation accuracy %s)", imported.convention.name,
+                     imported.chosen_by if imported.chosen_by != "validation accuracy"
+                     else "lowest validation cross-entropy of those above chance",
+                     ", ".join(f"{k} {v['accuracy']:.3f}" for k, v in imported.scores.items()))
         else:
             model, history = train_teacher(ds, cfg, quiet=quiet)
-        feature_layer = find_feature_layer(model)
+            layer, why = explain_feature_layer(model, feature_layer)
+        log.info("feature layer: %s: %s", layer, why)
         _save_model(model, st.dir / "teacher.keras")
         if history is not None:
             history_csv(history, st.dir / "history_teacher.csv")
@@ -48,7 +59,7 @@ def run_teacher(out: str | Path, data: DataConfig, cfg: TeacherConfig, force: bo
         st.config = to_dict(cfg)
         st.metrics = {"teacher_accuracy": acc, "teacher_params": int(model.count_params()),
                       "teacher_val_accuracy": evaluate(model, ds.x_val, ds.y_val)}
-        st.extra = {"data": to_dict(data), "dataset": ds.describe(), "feature_layer": feature_layer}
+        st.extra = {"data": to_dict(data), "dataset": ds.describe(), "feature_layer": layer, **extra}
     log.info("teacher %s: test accuracy %.4f, %d params", cfg.source or cfg.arch, acc,
              model.count_params())
     return run
@@ -137,9 +148,12 @@ def run_distill(run: RunDir, cfg: DistillConfig, force: bool = False, quiet: boo
     return {"nonn_accuracy": acc, "students": students}
 
 
-def import_teacher(out: str | Path, teacher_path: str, data: DataConfig, force: bool = False) -> RunDir:
-    """A run directory around a user's own pretrained teacher."""
-    return run_teacher(out, data, TeacherConfig(arch="imported", source=str(teacher_path)), force)
+def import_teacher(out: str | Path, teacher_path: str, data: DataConfig, force: bool = False,
+                   teacher_input: str | None = None, feature_layer: str | None = None) -> RunDir:
+    """A run directory around a user's own pretrained teacher (``teacher_input``: its input
+    convention, None to choose it on the validation split)."""
+    cfg = TeacherConfig(arch="imported", source=str(teacher_path), input=teacher_input)
+    return run_teacher(out, data, cfg, force, feature_layer=feature_layer)
 
 
 def saved_config(run: RunDir, stage: str, cls, **overrides):

@@ -36,7 +36,12 @@ teacher_options = _stack(
     click.option("--arch", default="wrn-16-2", show_default=True,
                  help="Teacher: wrn-<depth>-<width>, resnet-20 or resnet-8."),
     click.option("--teacher", "teacher_path", type=click.Path(dir_okay=False), default=None,
-                 help="Use your own pretrained .keras teacher instead of training one."),
+                 help="Use your own pretrained .keras or .h5 teacher instead of training one."),
+    click.option("--teacher-input", default=None, metavar="CONVENTION",
+                 help="Input convention of an imported --teacher: unit ([0, 1]), raw (0-255), "
+                      "symmetric ([-1, 1]) or mean-std:M,S ((x/255 - M) / S; per channel "
+                      "M1/M2/M3,S1/S2/S3; or mean-std:cifar10|imagenet|dataset). Default: try "
+                      "each on validation images and keep the best (recorded in the manifest)."),
 )
 
 partition_options = _stack(
@@ -50,7 +55,9 @@ partition_options = _stack(
                  help="Drop edges under this percentile of non-zero weights (0 keeps all); auto: "
                       "the sparsest network whose K parts keep significant structure."),
     click.option("--resolution", type=float, default=1.0, show_default=True, help="Louvain resolution."),
-    click.option("--feature-layer", default=None, help="Teacher layer to partition (default: last 4-D map)."),
+    click.option("--feature-layer", default=None,
+                 help="Teacher layer to partition (default: the last spatial map, H and W > 1, "
+                      "before the classifier head; pooled 1x1 maps and Flatten are skipped)."),
     click.option("--max-images", type=int, default=5000, show_default=True,
                  help="Validation images used to build the filter network."),
 )
@@ -96,13 +103,17 @@ def _data_cfg(dataset: str, data_dir: str | None, val_fraction: float, subset: i
     return DataConfig(dataset, data_dir, val_fraction, seed, subset)
 
 
-def _teacher_cfg(arch: str, teacher_path: str | None, epochs: int, batch_size: int, lr: float, seed: int):
+def _teacher_cfg(arch: str, teacher_path: str | None, epochs: int, batch_size: int, lr: float,
+                 seed: int, teacher_input: str | None = None):
     from nonn_tflite.config import TeacherConfig, TrainConfig
+    from nonn_tflite.errors import UsageError
 
     _positive("--epochs", epochs)
+    if teacher_input and not teacher_path:
+        raise UsageError("--teacher-input describes an imported teacher; pass --teacher FILE too")
     return TeacherConfig(arch=arch if not teacher_path else "imported",
                          train=TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, seed=seed),
-                         source=teacher_path)
+                         source=teacher_path, input=teacher_input)
 
 
 def _partition_cfg(students: int, method: str, rule: str, top_k: int, percentile: str | float,
@@ -194,20 +205,22 @@ def print_summary(run) -> None:
 @shared_options
 @click.option("--force", is_flag=True, help="Redo the teacher stage of an existing run.")
 @common_options
-def teacher(out, dataset, data_dir, val_fraction, subset, arch, teacher_path, epochs, seed,
-            batch_size, lr, force):
+def teacher(out, dataset, data_dir, val_fraction, subset, arch, teacher_path, teacher_input, epochs,
+            seed, batch_size, lr, force):
     """Train a teacher CNN (or import yours) into a new run directory.
 
     \b
     Examples:
       nonn-tflite teacher --dataset cifar10 --arch wrn-16-4 --out runs/c10
       nonn-tflite teacher --teacher my_model.keras --dataset cifar10 --out runs/mine
+      nonn-tflite teacher --teacher resnet.h5 --teacher-input raw --dataset cifar10 --out runs/r
     """
     import_tensorflow_quietly()
     from nonn_tflite.pipeline import run_teacher
 
     run = run_teacher(out, _data_cfg(dataset, data_dir, val_fraction, subset, seed),
-                      _teacher_cfg(arch, teacher_path, epochs, batch_size, lr, seed), force, is_quiet())
+                      _teacher_cfg(arch, teacher_path, epochs, batch_size, lr, seed, teacher_input),
+                      force, is_quiet())
     print_summary(run)
 
 
@@ -216,28 +229,40 @@ def teacher(out, dataset, data_dir, val_fraction, subset, arch, teacher_path, ep
 @click.option("--students", "-k", type=int, default=2, show_default=True, help="Number of students (devices), K.")
 @partition_options
 @click.option("--teacher", "teacher_path", type=click.Path(dir_okay=False), default=None,
-              help="Start RUN_DIR from your own pretrained .keras teacher.")
+              help="Start RUN_DIR from your own pretrained .keras or .h5 teacher.")
+@click.option("--teacher-input", default=None, metavar="CONVENTION",
+              help="Input convention of an imported --teacher: unit ([0, 1]), raw (0-255), "
+                   "symmetric ([-1, 1]) or mean-std:M,S ((x/255 - M) / S; per channel "
+                   "M1/M2/M3,S1/S2/S3; or mean-std:cifar10|imagenet|dataset). Default: try "
+                   "each on validation images and keep the best (recorded in the manifest).")
 @data_options
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--force", is_flag=True, help="Redo the partition (discards distilled students).")
 @common_options
 def partition(run_dir, students, method, rule, top_k, percentile, resolution, feature_layer,
-              max_images, teacher_path, dataset, data_dir, val_fraction, subset, seed, force):
+              max_images, teacher_path, teacher_input, dataset, data_dir, val_fraction, subset, seed,
+              force):
     """Split the teacher's last-layer filters into K disjoint groups, one per student.
 
     \b
     Examples:
       nonn-tflite partition runs/c10 --students 4
       nonn-tflite partition runs/mine --students 2 --teacher my_model.keras --dataset cifar10
+      nonn-tflite partition runs/r --students 4 --teacher resnet.h5 --dataset cifar10 \\
+          --teacher-input mean-std:cifar10 --feature-layer activation_18
     """
     import_tensorflow_quietly()
+    from nonn_tflite.errors import UsageError
     from nonn_tflite.pipeline import import_teacher, run_partition
     from nonn_tflite.rundir import RunDir
 
     cfg = _partition_cfg(students, method, rule, top_k, percentile, resolution, feature_layer,
                          max_images, seed)
+    if teacher_input and not teacher_path:
+        raise UsageError("--teacher-input describes an imported teacher; pass --teacher FILE too")
     if teacher_path:
-        import_teacher(run_dir, teacher_path, _data_cfg(dataset, data_dir, val_fraction, subset, seed), force)
+        import_teacher(run_dir, teacher_path, _data_cfg(dataset, data_dir, val_fraction, subset, seed),
+                       force, teacher_input, feature_layer)
     run = RunDir.open(run_dir, need="teacher")
     with _status("building the filter activation network"):
         run_partition(run, cfg, force)
@@ -286,7 +311,8 @@ def distill(run_dir, flash_kb, ram_kb, boards, max_student_share, alpha, tau, be
 @click.option("--no-convert", is_flag=True, help="Stop after distillation (skip int8 conversion).")
 @click.option("--force", is_flag=True, help="Redo every stage of an existing run.")
 @common_options
-def run(students, out, dataset, data_dir, val_fraction, subset, arch, teacher_path, teacher_epochs,
+def run(students, out, dataset, data_dir, val_fraction, subset, arch, teacher_path, teacher_input,
+        teacher_epochs,
         method, rule, top_k, percentile, resolution, feature_layer, max_images, flash_kb, ram_kb,
         boards, max_student_share, alpha, tau, beta, student_dropout, cache_teacher, epochs, seed,
         batch_size, lr, no_convert, force):
@@ -305,7 +331,7 @@ def run(students, out, dataset, data_dir, val_fraction, subset, arch, teacher_pa
     from nonn_tflite.rundir import RunDir
 
     data = _data_cfg(dataset, data_dir, val_fraction, subset, seed)
-    tcfg = _teacher_cfg(arch, teacher_path, teacher_epochs, batch_size, lr, seed)
+    tcfg = _teacher_cfg(arch, teacher_path, teacher_epochs, batch_size, lr, seed, teacher_input)
     pcfg = _partition_cfg(students, method, rule, top_k, percentile, resolution, feature_layer,
                           max_images, seed)
     dcfg = _distill_cfg(alpha, tau, beta, student_dropout, cache_teacher, flash_kb, ram_kb, boards,
@@ -313,7 +339,7 @@ def run(students, out, dataset, data_dir, val_fraction, subset, arch, teacher_pa
     if RunDir(out).manifest and not force:
         raise RunDirError(f"{out} already holds a run; pass --force to redo it or choose another --out")
     quiet = is_quiet()
-    run_dir = run_teacher(out, data, tcfg, force, quiet)
+    run_dir = run_teacher(out, data, tcfg, force, quiet, feature_layer)
     with _status("partitioning the teacher's filters"):
         run_partition(run_dir, pcfg, force)
     run_distill(RunDir(out), dcfg, force, quiet)
