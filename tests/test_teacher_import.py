@@ -130,13 +130,15 @@ def test_import_finds_convention_and_feature_layer_and_keeps_accuracy(stand_ins,
     assert doc["feature_layer"] == layer and doc["num_filters"] == 24
 
 
-def test_raw_h5_teacher_end_to_end_through_int8_convert(stand_ins, tmp_path):
-    """The issue's case: raw 0-255 pixels, AveragePooling2D(8)+Flatten head, legacy .h5. The
-    int8 teacher must keep the devices' input (x/255 quantised: int8 = uint8 - 128)."""
+@pytest.mark.parametrize("name", ["raw-h5", "nested"])
+def test_imported_teacher_end_to_end_through_int8_convert(stand_ins, tmp_path, name):
+    """raw-h5 is the issue's case: raw 0-255 pixels, AveragePooling2D(8)+Flatten head, legacy
+    .h5; nested is a Sequential around a Functional backbone. The int8 teacher must keep the
+    devices' input (x/255 quantised: int8 = uint8 - 128) and score what the user's model does."""
     from nonn_tflite.convert import ConvertOptions
     from nonn_tflite.commands.convert import convert_and_report
 
-    path, pre, _, _ = stand_ins["raw-h5"]
+    path, pre, convention, _ = stand_ins[name]
     run = tmp_path / "raw"
     res = invoke("partition", run, "--students", "2", "--teacher", path, "--max-images", "300", "-q")
     assert res.exit_code == 0, res.output
@@ -155,7 +157,7 @@ def test_raw_h5_teacher_end_to_end_through_int8_convert(stand_ins, tmp_path):
     assert teacher_in["scale"] == pytest.approx(1 / 255, rel=1e-3)
     for s in report["students"]:  # students keep the device convention too
         assert s["input"]["zero_point"] == -128 and s["input"]["scale"] == pytest.approx(1 / 255, rel=1e-3)
-    assert manifest["config"]["teacher"]["input"] == "raw"
+    assert manifest["config"]["teacher"]["input"] == convention
 
 
 def test_an_explicit_teacher_input_is_used_and_recorded(stand_ins, tmp_path):
