@@ -71,7 +71,11 @@ def filter_activity(feature_maps: np.ndarray) -> np.ndarray:
     fm = np.asarray(feature_maps, dtype=np.float32)
     if fm.ndim != 4:
         raise PartitionError(f"feature maps must be 4-D (N, H, W, C); got shape {fm.shape}")
-    a = np.maximum(fm, 0.0).mean(axis=(1, 2))
+    n, h, w, c = fm.shape
+    a = np.empty((n, c), dtype=np.float32)
+    per = max(1, (1 << 20) // max(1, h * w * c))  # ReLU'd copies of ~4 MB, not one of all maps
+    for s in range(0, n, per):
+        a[s:s + per] = np.maximum(fm[s:s + per], 0.0).mean(axis=(1, 2))
     peak = a.max(axis=1, keepdims=True)
     return np.divide(a, peak, out=np.zeros_like(a), where=peak > 0)
 
@@ -103,13 +107,13 @@ def cooccurrence(activity: np.ndarray, top_k: int = 50, rule: str = "hebbian-dif
         raise UsageError(f"unknown --rule {rule!r}; expected one of {', '.join(RULES)}")
     n, c = activity.shape
     k = max(2, min(top_k, c))
-    top = top_filters(activity, k)
     iu, ju = np.triu_indices(min(k, c), 1)
     upper = np.zeros(c * c, dtype=np.float64)
-    per = max(1, chunk // max(1, len(iu)))
+    per = max(1, min(chunk // max(1, len(iu)), chunk // c))  # temporaries of O(chunk) entries
     for s in range(0, n, per):
-        idx = top[s:s + per]
-        v = np.take_along_axis(activity[s:s + per], idx, axis=1).astype(np.float64)
+        rows = activity[s:s + per]
+        idx = top_filters(rows, k)
+        v = np.take_along_axis(rows, idx, axis=1).astype(np.float64)
         vi, vj = v[:, iu], v[:, ju]
         val = vi * vj
         if rule == "hebbian-difference":
