@@ -1,5 +1,8 @@
 """The ``convert`` stage: a distilled run -> int8 .tflite files, verification, measurements, report.
 
+This module orchestrates; :mod:`nonn_tflite.verify` evaluates, profiles and gates, and
+:mod:`nonn_tflite.convert_outputs` assembles and writes the report and deployment.json.
+
 Everything happens inside ``run.stage("convert")``: a failure (conversion, TFLM check) leaves
 the run as it was. Board misfit is different: the models and report are still written (the
 numbers are what a user needs to resize), then :class:`BoardFitError` is raised.
@@ -13,28 +16,25 @@ half away from zero, as C's ``round``). The int8 system accuracy here is compute
 
 from __future__ import annotations
 
-import io
 import json
 import logging
-import warnings
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 
-from nonn_tflite.data import Dataset, to_float
+from nonn_tflite.convert_outputs import (  # noqa: F401  (report and deployment, re-exported)
+    TEST_SAMPLE_MAX,
+    build_report,
+    deployment_doc,
+    ratios,
+    write_outputs,
+)
+from nonn_tflite.data import to_float
 from nonn_tflite.energy import energy_section
 from nonn_tflite.errors import BoardFitError, ConversionError, RunDirError, UsageError
-from nonn_tflite.profile import (
-    ARENA_NOTE,
-    DEFAULT_LATENCY_RUNS,
-    WIRE_HEADER_BYTES,
-    Int8Runner,
-    ModelProfile,
-    profile_model,
-    qparams,
-)
-from nonn_tflite.int8 import dequantize, images_to_int8, requantise
+from nonn_tflite.parity import check_parity
+from nonn_tflite.profile import ARENA_NOTE, DEFAULT_LATENCY_RUNS
 from nonn_tflite.quantize import (
     calibration_indices,
     captured_output,
@@ -44,13 +44,20 @@ from nonn_tflite.quantize import (
     keras_layer_names,
     write_model,
 )
-from nonn_tflite.parity import check_parity, parity_summary
-from nonn_tflite.rundir import RunDir, atomic_write_bytes, write_json
+from nonn_tflite.rundir import RunDir
 from nonn_tflite.tflite_model import parse_tflite
+from nonn_tflite.verify import (  # noqa: F401  (verification, re-exported)
+    Evaluation,
+    board_fit,
+    evaluate,
+    feature_agreement,
+    profile_all,
+    system_accuracy,
+    tflm_exact_accuracy,
+)
+from nonn_tflite.verify import predict as _predict
 
 log = logging.getLogger("nonn_tflite")
-
-TEST_SAMPLE_MAX = 2000
 
 
 @dataclass
@@ -90,22 +97,6 @@ class Converted:
         out = {f"student_{k}.tflite": b for k, b in enumerate(self.students)}
         out.update({"fusion.tflite": self.fusion, "teacher.tflite": self.teacher})
         return out
-
-
-@dataclass
-class Evaluation:
-    """Accuracy of the float and int8 systems on the test split, and per-student agreement."""
-
-    accuracy_float: float
-    accuracy_int8: float
-    teacher_float: float
-    teacher_int8: float
-    features: list[dict]
-    test_images: int
-    fusion_inputs: np.ndarray = field(repr=False)  # int8 fusion inputs of the test images
-    accuracy_int8_builtin: float = float("nan")  # LiteRT builtin kernels (the live nodes)
-    accuracy_int8_xnnpack: float = float("nan")  # LiteRT default delegate (XNNPACK)
-    int8_runtimes: dict = field(default_factory=dict)  # model -> runtime of the TFLM-exact figure
 
 
 @dataclass
@@ -203,241 +194,6 @@ def _convert_checked(model, samples: np.ndarray, name: str) -> bytes:
     return data
 
 
-def _predict(model, x: np.ndarray, batch: int = 256) -> np.ndarray:
-    """Eager batched calls: ``model.predict`` retraces (and warns) for every new model."""
-    if len(x) == 0:
-        return np.zeros((0, *model.outputs[0].shape[1:]), np.float32)
-    with warnings.catch_warnings():  # a model saved with inputs=[x] warns about a bare tensor
-        warnings.filterwarnings("ignore", "The structure of `inputs` doesn't match")
-        return np.concatenate([np.asarray(model(x[i:i + batch], training=False), dtype=np.float32)
-                               for i in range(0, len(x), batch)])
-
-
-# -- verification -------------------------------------------------------------------------------
-
-def evaluate(system: KerasSystem, conv: Converted, ds: Dataset) -> Evaluation:
-    """Float (Keras) vs int8 (separate LiteRT models, requantised as the fusion node does)."""
-    xf = to_float(ds.x_test)
-    float_vecs = [_predict(m, xf) for m in system.students]
-    acc_float = _accuracy(_predict(system.fusion, np.concatenate(float_vecs, axis=1)), ds.y_test)
-    fusion_in = qparams(parse_tflite(conv.fusion).input_tensors()[0])
-    slices, features = [], []
-    for k, buf in enumerate(conv.students):
-        q_k, out_q = _run_student(buf, ds.x_test)
-        slices.append(requantise(q_k, out_q, fusion_in))
-        features.append({"id": k, **feature_agreement(float_vecs[k], q_k, out_q)})
-    fusion_inputs = np.concatenate(slices, axis=1)
-    acc_int8 = _accuracy(Int8Runner(conv.fusion)(fusion_inputs), ds.y_test)
-    teacher_q, _ = _run_student(conv.teacher, ds.x_test)
-    return Evaluation(acc_float, acc_int8, _accuracy(_predict(system.teacher, xf), ds.y_test),
-                      _accuracy(teacher_q, ds.y_test), features, len(ds.y_test), fusion_inputs,
-                      accuracy_int8_builtin=acc_int8,
-                      accuracy_int8_xnnpack=system_accuracy(conv, ds, lambda name, b: Int8Runner(b, "default")))
-
-
-def system_accuracy(conv: Converted, ds: Dataset, runner) -> float:
-    """int8 system accuracy on the test split, each model run by ``runner(name, bytes)``
-    (a callable over a batch of int8 inputs), students requantised as the fusion node does."""
-    fusion_in = qparams(parse_tflite(conv.fusion).input_tensors()[0])
-    slices = []
-    for k, buf in enumerate(conv.students):
-        m = parse_tflite(buf)
-        q_k = runner(f"student_{k}.tflite", buf)(images_to_int8(ds.x_test, qparams(m.input_tensors()[0])))
-        slices.append(requantise(q_k, qparams(m.output_tensors()[0]), fusion_in))
-    return _accuracy(runner("fusion.tflite", conv.fusion)(np.concatenate(slices, axis=1)), ds.y_test)
-
-
-def tflm_exact_accuracy(conv: Converted, ds: Dataset, profiles: dict[str, ModelProfile],
-                        ev: Evaluation) -> None:
-    """The system accuracy a set of TFLM devices computes, into ``ev.accuracy_int8``.
-
-    A model with an op whose kernels round differently in LiteRT and TFLM
-    (:data:`nonn_tflite.parity.ROUNDING_OPS`) runs on TFLite Micro itself; every other model on
-    LiteRT's reference kernels, which the parity gate has just shown bit-exact with TFLM.
-    """
-    from nonn_tflite.interpreters import MicroRunner
-    from nonn_tflite.parity import ROUNDING_OPS
-
-    def runner(name: str, buf: bytes):
-        if ROUNDING_OPS & set(parse_tflite(buf).op_names):
-            ev.int8_runtimes[name] = "TFLite Micro"
-            return MicroRunner(buf, profiles[name].arena_bytes)
-        ev.int8_runtimes[name] = "LiteRT BUILTIN_REF (bit-exact with TFLM: parity gate)"
-        return Int8Runner(buf, "reference")
-
-    ev.accuracy_int8 = system_accuracy(conv, ds, runner)
-
-
-def _run_student(buf: bytes, x_uint8: np.ndarray) -> tuple[np.ndarray, tuple[float, int]]:
-    """int8 outputs of an image model over uint8 images, and its output (scale, zero point)."""
-    m = parse_tflite(buf)
-    x = images_to_int8(x_uint8, qparams(m.input_tensors()[0]))
-    return Int8Runner(buf)(x), qparams(m.output_tensors()[0])
-
-
-def _accuracy(logits: np.ndarray, y: np.ndarray) -> float:
-    return float(np.mean(np.argmax(logits, axis=1) == y)) if len(y) else float("nan")
-
-
-def feature_agreement(float_vec: np.ndarray, q: np.ndarray, out_q: tuple[float, int]) -> dict:
-    """Max |float - int8| in LSB of the output scale, and cosine similarity per image.
-
-    Values the int8 model saturated (127: the float value exceeds the calibrated range) are
-    counted apart: their error measures calibration coverage, not rounding.
-    """
-    deq = dequantize(q, out_q)
-    f = np.asarray(float_vec, np.float64)
-    num = (f * deq).sum(axis=1)
-    nf, nd = np.linalg.norm(f, axis=1), np.linalg.norm(deq, axis=1)
-    cos = np.where((nf == 0) & (nd == 0), 1.0, num / np.where(nf * nd == 0, 1.0, nf * nd))
-    lsb = np.abs(f - deq) / out_q[0]
-    saturated = np.asarray(q) == 127
-    return {"max_abs_diff_lsb": float(lsb.max()) if lsb.size else 0.0,
-            "max_abs_diff_lsb_unsaturated": float(lsb[~saturated].max()) if (~saturated).any() else 0.0,
-            "saturated_fraction": float(saturated.mean()) if saturated.size else 0.0,
-            "cosine_mean": float(cos.mean()) if cos.size else float("nan"),
-            "cosine_min": float(cos.min()) if cos.size else float("nan")}
-
-
-# -- measurement and fit ------------------------------------------------------------------------
-
-def profile_all(tdir: Path, conv: Converted, ds: Dataset, ev: Evaluation,
-                opts: ConvertOptions) -> dict[str, ModelProfile]:
-    """ModelProfile per file, parity on the first ``parity_samples`` test images."""
-    n = min(opts.parity_samples, len(ds.y_test))
-    out = {}
-    for name, buf in conv.files().items():
-        m = parse_tflite(buf, name)
-        if name == "fusion.tflite":
-            inputs = ev.fusion_inputs[:n]
-        else:
-            inputs = images_to_int8(ds.x_test[:n], qparams(m.input_tensors()[0]))
-        log.info("profiling %s", name)
-        out[name] = profile_model(tdir / name, latency_runs=opts.latency_runs, parity_inputs=inputs)
-    return out
-
-
-def board_fit(profile: ModelProfile, board, what: str) -> dict:
-    """Fit of one model on its board; ``problem`` names the numbers when it does not fit."""
-    if board is None:
-        return {"board": None, "fits": None, "problem": None}
-    over = []
-    if profile.flash_bytes > board.model_flash_bytes:
-        over.append(f"flash {profile.flash_bytes:,} B > {board.model_flash_bytes:,} B left for the model")
-    if profile.arena_bytes_32bit > board.model_ram_bytes:
-        over.append(f"arena {profile.arena_bytes_32bit:,} B (host {profile.arena_bytes:,} B + 32-bit "
-                    f"margin) > {board.model_ram_bytes:,} B of RAM left for the arena")
-    return {"board": board.name, "fits": not over,
-            "board_model_flash_bytes": board.model_flash_bytes,
-            "board_model_ram_bytes": board.model_ram_bytes,
-            "problem": f"{what} does not fit {board.name}: {'; '.join(over)}" if over else None}
-
-
-# -- report and deployment ------------------------------------------------------------------------
-
-def _model_entry(p: ModelProfile, acc_float: float | None, acc_int8: float | None) -> dict:
-    d = p.as_dict()
-    d.update(accuracy_float=acc_float, accuracy_int8=acc_int8)
-    return d
-
-
-def build_report(run: RunDir, ds: Dataset, system: KerasSystem, profiles: dict[str, ModelProfile],
-                 ev: Evaluation, fits: list[dict], parts: list, calib: dict) -> dict:
-    """report.json: one entry per model (M), the system accuracies and teacher/student ratios."""
-    students = []
-    for k, width in enumerate(system.widths):
-        entry = _model_entry(profiles[f"student_{k}.tflite"], None, None)
-        entry.update(id=k, filters=parts[k], width=width, payload_bytes=width + WIRE_HEADER_BYTES,
-                     feature_agreement=ev.features[k], **fits[k])
-        students.append(entry)
-    teacher = _model_entry(profiles["teacher.tflite"], ev.teacher_float, ev.teacher_int8)
-    fusion = _model_entry(profiles["fusion.tflite"], ev.accuracy_float, ev.accuracy_int8)
-    fusion["payload_bytes"] = fusion["output"]["shape"][-1] + WIRE_HEADER_BYTES  # prediction
-    return {
-        "schema": 1,
-        "deployment": run.manifest.get("name", run.path.name),
-        "dataset": {"name": ds.name, "sha256": ds.sha256, "test_images": ev.test_images},
-        "teacher": teacher, "fusion": fusion, "students": students,
-        "system": {"accuracy_float": ev.accuracy_float, "accuracy_int8": ev.accuracy_int8,
-                   "accuracy_drop_points": 100 * (ev.accuracy_float - ev.accuracy_int8),
-                   "num_students": len(students), "teacher_accuracy_float": ev.teacher_float,
-                   "teacher_accuracy_int8": ev.teacher_int8,
-                   "int8_runtime": "TFLM-exact: models with FULLY_CONNECTED run on TFLite Micro "
-                                   "itself, the others on LiteRT reference kernels (bit-exact "
-                                   "with TFLM, checked by the parity gate); see int8_runtimes",
-                   "int8_runtimes": ev.int8_runtimes,
-                   "accuracy_int8_litert_builtin": ev.accuracy_int8_builtin,
-                   "accuracy_int8_litert_xnnpack": ev.accuracy_int8_xnnpack,
-                   "accuracy_int8_note": "accuracy_int8 is what TFLM devices compute (reports "
-                                         "without this note gave the LiteRT builtin figure "
-                                         "there, now accuracy_int8_litert_builtin: what the "
-                                         "Python live nodes run); accuracy_int8_litert_xnnpack "
-                                         "uses LiteRT's default XNNPACK delegate"},
-        "parity": parity_summary({name: profiles[name].parity for name in profiles}),
-        "ratios": ratios(teacher, students),
-        "calibration": calib,
-        "notes": {"arena": ARENA_NOTE,
-                  "latency": "LiteRT on this host, 1 thread, single-image invokes; latency_ms is "
-                             "the median with reference kernels (BUILTIN_REF); latency.default "
-                             "uses the default delegate (XNNPACK). Ranks models; not MCU time.",
-                  "macs": "multiply-accumulates of CONV_2D, DEPTHWISE_CONV_2D, FULLY_CONNECTED "
-                          "(TRANSPOSE_CONV, BATCH_MATMUL); element-wise/pool/mean work is "
-                          "elementwise_ops",
-                  "payload": f"int8 vector + {WIRE_HEADER_BYTES}-byte wire header",
-                  "fusion_input": "requantise"},
-    }
-
-
-def ratios(teacher: dict, students: list[dict]) -> dict:
-    """Teacher / largest student, per measure."""
-    out = {}
-    for key, field_ in (("flash", "flash_bytes"), ("arena", "arena_bytes"),
-                        ("latency", "latency_ms"), ("macs", "macs"), ("params", "params")):
-        biggest = max((s[field_] or 0 for s in students), default=0)
-        out[key] = (teacher[field_] / biggest) if biggest and teacher[field_] is not None else None
-    return out
-
-
-def deployment_doc(report: dict, ds: Dataset) -> dict:
-    """tflite/deployment.json: the contract the live nodes and firmware read (ARCHITECTURE.md)."""
-    def q(tensor: dict) -> dict:
-        return {"scale": tensor["scale"], "zero_point": tensor["zero_point"]}
-
-    f = report["fusion"]
-    return {
-        "schema": 1,
-        "deployment": report["deployment"],
-        "num_classes": ds.num_classes,
-        "class_names": list(ds.class_names),
-        "input_shape": list(ds.input_shape),
-        "students": [{"id": s["id"], "file": s["file"], "filters": s["filters"], "width": s["width"],
-                      "input": q(s["input"]), "output": q(s["output"]),
-                      "arena_bytes": s["arena_bytes_32bit"], "arena_bytes_host": s["arena_bytes"],
-                      "board": s["board"]} for s in report["students"]],
-        "fusion": {"file": f["file"], "input_width": f["input"]["shape"][-1],
-                   "input": q(f["input"]), "output": q(f["output"]),
-                   "arena_bytes": f["arena_bytes_32bit"], "arena_bytes_host": f["arena_bytes"]},
-        "teacher": {"file": report["teacher"]["file"], "input": q(report["teacher"]["input"]),
-                    "output": q(report["teacher"]["output"])},
-        "fusion_input": "requantise",
-    }
-
-
-def _write_outputs(tdir: Path, report: dict, ds: Dataset, indices: np.ndarray) -> None:
-    from nonn_tflite.deployment import with_model_hashes  # model_crc32: checked on the wire
-    from nonn_tflite.report import write_report
-
-    write_json(tdir / "deployment.json", with_model_hashes(deployment_doc(report, ds), tdir))
-    write_json(tdir / "calibration_indices.json",
-               {"split": "train", "seed": report["calibration"]["seed"],
-                "count": len(indices), "indices": [int(i) for i in indices]})
-    n = min(TEST_SAMPLE_MAX, len(ds.y_test))
-    mem = io.BytesIO()
-    np.savez_compressed(mem, x=ds.x_test[:n], y=ds.y_test[:n].astype(np.int64))
-    atomic_write_bytes(tdir / "test_sample.npz", mem.getvalue())
-    write_report(report, tdir)
-
-
 # -- the stage ----------------------------------------------------------------------------------
 
 def convert_run(run_dir: str | Path, options: ConvertOptions | None = None) -> ConvertResult:
@@ -474,7 +230,7 @@ def convert_run(run_dir: str | Path, options: ConvertOptions | None = None) -> C
                 for k, b in enumerate(boards)]
         report = build_report(run, ds, system, profiles, ev, fits, parts, calib)
         report["energy"] = energy_section(report, boards)  # estimates (nonn_tflite/energy.py)
-        _write_outputs(tdir, report, ds, indices)
+        write_outputs(tdir, report, ds, indices)
         st.config = {**{k: v for k, v in asdict(opts).items() if k != "force"},
                      "boards": [b.name if b else None for b in boards],
                      "calibration_count": calib["count"],
