@@ -34,7 +34,12 @@ FUSION_SLOTS = 4  # frames the C fusion assembles at once (RAM: slots x fusion i
 # Rendered into every project's src/ (fusion projects add the fusion_* pair).
 COMMON_SOURCES = ("nonn_wire.h", "nonn_wire.c", "nonn_crc32.h", "nonn_crc32.c", "nonn_quant.h",
                   "nonn_quant.c", "nonn_node.h", "nonn_node.c", "nonn_config.h")
-DEVICE_SOURCES = ("camera_hook.h",)
+# The model-running part of a device (TFLM setup, op resolver, arena, CRC check, invoke) is one
+# source for every target; the host tests build it against the real TFLM.
+DEVICE_SOURCES = ("camera_hook.h", "nonn_model_runner.h", "nonn_model_runner.cc")
+# Copied verbatim into device projects that build TFLM themselves (CMake runs it at configure).
+TFLM_SOURCES_SCRIPT = Path(__file__).with_name("tflm_tree.py")
+SHIPS_TFLM_SELECTOR = ("linux",)
 FUSION_SOURCES = ("fusion_runner.h", "fusion_runner.c")
 
 
@@ -131,15 +136,20 @@ def topics(deployment: str) -> dict[str, str]:
 
 def export_project(run_dir: Path | str, target: str, out: Path | str, *,
                    wifi_ssid: str | None = None, broker: str | None = None,
-                   force: bool = False, fusion_timeout_ms: int = FUSION_TIMEOUT_MS
-                   ) -> ExportResult:
-    """Export ``run_dir``'s int8 models as flashable projects for ``target`` under ``out``."""
+                   force: bool = False, fusion_timeout_ms: int = FUSION_TIMEOUT_MS,
+                   cpu: str = "cortex-m4", kernels: str = "cmsis-nn") -> ExportResult:
+    """Export ``run_dir``'s int8 models as flashable projects for ``target`` under ``out``
+    (``cpu``/``kernels``: the cortex-m target only)."""
     tgt = get_target(target)
     options = ExportOptions(wifi_ssid, broker, force, fusion_timeout_ms)
     address = parse_broker(options.broker, tgt)
     _check_wifi(tgt, options.wifi_ssid)
     dep = load_deployment(Path(run_dir))
     base = _base_context(dep, tgt, address, options, Path(run_dir))
+    if tgt.name == "cortex-m":  # firmware_bridge/cortex_m.py: QEMU-runnable bare-metal projects
+        from firmware_bridge.qemu import Config
+
+        base["cm_config"] = Config(cpu, kernels)
     plans = [_device_plan(dep, s, tgt, base) for s in dep.students]
     plans.append(_fusion_plan(dep, tgt, base))
     out = Path(out)
@@ -206,7 +216,9 @@ def _base_context(dep: Deployment, tgt: Target, broker: Broker, options: ExportO
 def _device_plan(dep: Deployment, student: Student, tgt: Target,
                  base: dict[str, Any]) -> _Plan:
     model = student.model
-    arena = arena_with_margin(model.arena.bytes)
+    from firmware_bridge.cortex_m import device_arena  # measured 32-bit arena, if any
+
+    arena, arena_note = device_arena(dep, model, base.get("cm_config"))
     _check_fit(model, arena, tgt)
     name = f"device_{student.id}"
     node = f"device-{student.id}"  # the Python device's node name: same status topic
@@ -227,6 +239,10 @@ def _device_plan(dep: Deployment, student: Student, tgt: Target,
     }
     generated = {f"{model.name}_model_data.h": header, f"{model.name}_model_data.cc": source,
                  "model_ops.h": render_resolver(model.name, ops)}
+    if "cm_config" in base:
+        from firmware_bridge.cortex_m import device_extras
+
+        device_extras(dep, student, context, generated, base["cm_config"], arena_note)
     result = {"student": student.id, "arena_measured": model.arena.bytes, "arena_bytes": arena,
               "flash_bytes": len(model.data), "ops": tuple(op for op, _ in ops),
               "publishes": (project_topics["feature"], project_topics["status"])}
@@ -306,8 +322,11 @@ def _write_project(root: Path, plan: _Plan, tgt: Target, out: Path) -> ProjectRe
                               render(f"common/{name}.j2", **plan.context)))
     for name, text in plan.generated.items():
         written.append(_write(project_dir / "src" / name, text))
+    if plan.role == "device" and tgt.name in SHIPS_TFLM_SELECTOR:
+        written.append(_write(project_dir / "scripts" / "tflm_sources.py",
+                              TFLM_SOURCES_SCRIPT.read_text()))
     for path in written:
-        if path.suffix == ".sh":
+        if path.suffix in (".sh", ".py"):
             path.chmod(0o755)
     final = out / plan.name
     files = tuple(sorted(final / p.relative_to(project_dir) for p in written))

@@ -10,6 +10,10 @@ from dataclasses import dataclass
 
 from nonn_tflite.errors import UsageError
 
+# The TFLM commit exported Linux projects fetch (scripts/fetch_tflm.sh) and the tests build
+# against: the one ../shared/tflm/VERSIONS pins.
+TFLM_COMMIT = "90b983c2b3f1480642e040bbd2ddb37b998f3424"
+
 
 @dataclass(frozen=True)
 class Library:
@@ -75,9 +79,9 @@ LINUX = Target(
         flash_note="the model array is linked into the executable",
     ),
     libraries=(
-        Library("tflite-micro", "8f6596d",
-                "TensorFlow Lite Micro, the commit of the tflite-micro Python wheel "
-                "(0.dev20261023182759) the export was verified with"),
+        Library("tflite-micro", TFLM_COMMIT,
+                "TensorFlow Lite Micro source tree (create_tflm_tree.py, reference kernels); "
+                "the exported device is tested bit-exact with the Python tflite-micro wheel"),
         Library("libmosquitto", "2.0 (Debian/Raspberry Pi OS `libmosquitto-dev`)",
                 "MQTT client"),
         Library("CMake", ">= 3.16", "build"),
@@ -86,7 +90,28 @@ LINUX = Target(
     default_broker="mqtt://localhost:1883",
 )
 
-TARGETS: dict[str, Target] = {t.name: t for t in (ESP32, LINUX)}
+CORTEX_M = Target(
+    name="cortex-m",
+    description="bare-metal Cortex-M4/M7/M55 (TFLM + CMSIS-NN, newlib-nano), runs under QEMU",
+    board=Board(
+        name="QEMU mps2-an386 (M4) / mps2-an500 (M7) / mps3-an547 (M55); see README.md for boards",
+        arena_limit=448 * 1024,
+        flash_limit=2 * 1024 * 1024,
+        ram_note="static .bss arena in the data RAM (mps3-an547: 512 KiB DTCM, less stack and "
+                 "newlib's buffers)",
+        flash_note="the model array goes to code memory (mps3-an547: its 2 MiB SRAM)",
+    ),
+    libraries=(
+        Library("tflite-micro", "90b983c2b3f1480642e040bbd2ddb37b998f3424",
+                "TensorFlow Lite Micro (../shared/tflm/VERSIONS), CMSIS-NN 4ab83cc"),
+        Library("arm-none-eabi-gcc", "12.2 (Debian gcc-arm-none-eabi)", "cross compiler"),
+        Library("qemu-system-arm", "7.2 (Debian)", "emulator for `make run`"),
+    ),
+    needs_wifi=False,
+    default_broker="mqtt://localhost:1883",  # unused: the Cortex-M projects have no network
+)
+
+TARGETS: dict[str, Target] = {t.name: t for t in (ESP32, LINUX, CORTEX_M)}
 
 
 def get_target(name: str) -> Target:

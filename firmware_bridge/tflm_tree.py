@@ -345,6 +345,16 @@ def build_library(tree: Path, ops: Sequence[str], *, cxx: str = "g++", cc: str =
     return lib
 
 
+def host_compile_flags(tree: Path) -> list[str]:
+    """Flags for code that includes the tree's headers on the host: TFLM's defines (which
+    change TfLiteTensor's layout, so they must match the library's) and the include path as
+    system headers (so ``-Werror`` judges only the including code)."""
+    flags = [f"-D{d}" for d in HOST_DEFINES]
+    for d in include_dirs(tree):
+        flags += ["-isystem", str(d)]
+    return flags
+
+
 def main(argv: list[str] | None = None) -> int:
     """``tflm_sources.py TREE [--reference] [--includes] OP...``: one path per line."""
     args = list(sys.argv[1:] if argv is None else argv)

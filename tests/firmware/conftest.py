@@ -97,11 +97,11 @@ class HostCompiler:
     workdir: Path
 
     def objects(self, sources: list[Path], includes: list[Path], defines: list[str] = (),
-                into: Path | None = None) -> list[Path]:
+                into: Path | None = None, extra: list[str] = ()) -> list[Path]:
         into = into or self.workdir
         into.mkdir(parents=True, exist_ok=True)
         objs = []
-        inc = [f"-I{p}" for p in includes] + [f"-D{d}" for d in defines]
+        inc = [f"-I{p}" for p in includes] + [f"-D{d}" for d in defines] + list(extra)
         for src in sources:
             obj = into / f"{src.name}.o"
             cxx = src.suffix in (".cc", ".cpp")
@@ -193,15 +193,22 @@ class Reference:
             out.append((self.run("student_0", x), self.run("student_1", x)))
         return out
 
-    def feature(self, k: int, seq: int, ts: int, vec: np.ndarray) -> bytes:
+    def model_hash(self, name: str) -> int:
+        """The ``model`` field of the frames a model makes (CRC-32 of its .tflite)."""
+        return zlib.crc32(self.fx.model(name))
+
+    def feature(self, k: int, seq: int, ts: int, vec: np.ndarray, session: int = 0,
+                model: int | None = None) -> bytes:
         from nonn_tflite.live import protocol
 
         q = self.q[f"student_{k}"]
         return protocol.encode(protocol.Frame(
             protocol.MsgType.FEATURE, deployment_id(), seq, ts, vec.astype(np.int8).tobytes(), k,
-            protocol.DType.INT8, q.scale, q.zero_point))
+            protocol.DType.INT8, q.scale, q.zero_point, session=session,
+            model=self.model_hash(f"student_{k}") if model is None else model))
 
-    def prediction(self, seq: int, ts: int, parts: dict[int, np.ndarray]) -> bytes:
+    def prediction(self, seq: int, ts: int, parts: dict[int, np.ndarray],
+                   session: int = 0) -> bytes:
         """The Python fusion node's frame: requantise slices, zero-fill, int8 fusion model."""
         from nonn_tflite.live import protocol
         from nonn_tflite.int8 import requantise
@@ -215,9 +222,91 @@ class Reference:
         out = self.q["fusion"]
         return protocol.encode(protocol.Frame(protocol.MsgType.PREDICTION, deployment_id(), seq,
                                               ts, logits.tobytes(), scale=out.scale,
-                                              zero_point=out.zero_point))
+                                              zero_point=out.zero_point, session=session,
+                                              model=self.model_hash("fusion")))
 
 
 @pytest.fixture(scope="session")
 def reference(run: Fixture) -> Reference:
     return Reference(run)
+
+
+# ---- the real TensorFlow Lite Micro ---------------------------------------------------------
+
+@pytest.fixture(scope="session")
+def tflm_ref() -> Path:
+    """The reference-kernel TFLM tree: $NONN_TFLM_DIR, else ../shared/tflm/tree-ref. Missing, the
+    tests fail (never skip) with what to do."""
+    from firmware_bridge.tflm_tree import TflmTreeError, find_tree
+
+    try:
+        return find_tree("ref")
+    except TflmTreeError as err:
+        pytest.fail(str(err), pytrace=False)
+
+
+def require_tools(*tools: str) -> None:
+    """Fail (not skip) when a build tool is missing, saying which Debian package has it."""
+    packages = {"cmake": "cmake", "pkg-config": "pkg-config", "mosquitto": "mosquitto",
+                "g++": "g++", "gcc": "gcc"}
+    missing = [t for t in tools if shutil.which(t) is None and not Path(f"/usr/sbin/{t}").exists()]
+    if "libmosquitto" in tools:
+        missing = [t for t in missing if t != "libmosquitto"]
+        if not Path("/usr/include/mosquitto.h").is_file():
+            missing.append("libmosquitto-dev")
+    if missing:
+        pytest.fail("missing build tools: apt-get install "
+                    + " ".join(packages.get(t, t) for t in missing), pytrace=False)
+
+
+@pytest.fixture(scope="session")
+def need_tools():
+    """``need_tools("cmake", ...)``: fail unless every tool is installed."""
+    return require_tools
+
+
+@dataclass(frozen=True)
+class LinuxBuild:
+    """An exported Linux project built with its own CMakeLists.txt."""
+
+    exe: Path
+    build: Path
+    tflm_library: Path | None  # the libtflm.a CMake compiled (None when a prebuilt was given)
+
+
+def cmake_build(project: Path, build: Path, *defines: str) -> None:
+    for cmd in (["cmake", "-S", str(project), "-B", str(build), *defines],
+                ["nice", "-n", "10", "cmake", "--build", str(build), "-j2"]):
+        proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+        if proc.returncode != 0:
+            raise AssertionError(f"{' '.join(cmd)}\n{proc.stdout[-6000:]}{proc.stderr[-6000:]}")
+
+
+@pytest.fixture(scope="session")
+def linux_builds(linux_fw, tflm_ref, tmp_path_factory) -> dict[str, LinuxBuild]:
+    """Every project of the Linux export, built with CMake against the real TFLM.
+
+    The TFLM runtime is compiled once per op set and session: the first device builds it from
+    the tree (the user's path, only the sources its ops need); devices with the same ops link
+    that libtflm.a through NONN_TFLM_LIBRARY."""
+    require_tools("cmake", "pkg-config", "g++", "gcc", "libmosquitto")
+    root = tmp_path_factory.mktemp("linux-builds")
+    built: dict[str, LinuxBuild] = {}
+    libraries: dict[tuple[str, ...], Path] = {}
+    for p in linux_fw.projects:
+        build = root / p.name
+        if p.role == "fusion":
+            cmake_build(p.path, build, "-DCMAKE_C_FLAGS=-Werror")
+            built[p.name] = LinuxBuild(build / "nonn_fusion", build, None)
+            continue
+        defines = [f"-DNONN_TFLM_DIR={tflm_ref}", "-DCMAKE_CXX_FLAGS=-Werror",
+                   "-DCMAKE_C_FLAGS=-Werror"]
+        prebuilt = libraries.get(p.ops)
+        if prebuilt is not None:
+            defines.append(f"-DNONN_TFLM_LIBRARY={prebuilt}")
+        cmake_build(p.path, build, *defines)
+        lib = None if prebuilt else build / "libtflm.a"
+        if lib is not None:
+            libraries[p.ops] = lib
+        built[p.name] = LinuxBuild(build / f"nonn_{p.name}", build, lib)
+    return built

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import re
-from pathlib import Path
 
 import pytest
 
 from firmware_bridge.resolver import TFLM_ADD_METHODS, add_method, ops_of, resolver_header
+from firmware_bridge.tflm_tree import add_methods, host_compile_flags
 from nonn_tflite.errors import ModelFileError
 
-STUBS = Path(__file__).parent / "stubs"
 MODELS = ("student_0", "student_1", "fusion")
 
 
@@ -53,20 +52,23 @@ def test_exported_resolver_registers_exactly_the_models_ops(run, esp32_fw, k):
     assert "AllOpsResolver" not in header
 
 
-def test_resolver_header_compiles_against_the_tflm_api(run, cc, tmp_path):
+def test_resolver_header_compiles_against_the_tflm_api(run, cc, tmp_path, tflm_ref):
     """Every Add method the generator may emit exists in TFLM's MicroMutableOpResolver."""
     (tmp_path / "model_ops.h").write_text(resolver_header("student_0", run.model("student_0")))
     main = tmp_path / "use.cc"
     main.write_text('#include "model_ops.h"\n'
                     "int main() { nonn::OpResolver r;\n"
                     "  return nonn::RegisterOps(r) == kTfLiteOk; }\n")
-    cc.syntax(main, [tmp_path, STUBS])
+    cc.syntax(main, [tmp_path], host_compile_flags(tflm_ref))
 
 
-def test_every_mapped_method_exists_in_tflm():
-    stub = (STUBS / "tensorflow/lite/micro/micro_mutable_op_resolver.h").read_text()
-    api = set(re.findall(r"TfLiteStatus (Add\w+)\(\);", stub))
+def test_every_mapped_method_exists_in_tflm(tflm_ref):
+    """Against the real micro_mutable_op_resolver.h of the tree the tests build with."""
+    header = (tflm_ref / "tensorflow/lite/micro/micro_mutable_op_resolver.h").read_text()
+    api = set(re.findall(r"TfLiteStatus\s+(Add\w+)\s*\(", header))
+    assert len(api) > 100
     assert set(TFLM_ADD_METHODS.values()) <= api
+    assert set(TFLM_ADD_METHODS.values()) <= add_methods(tflm_ref)
 
 
 def test_an_op_tflm_cannot_register_is_refused_with_its_name():
