@@ -16,11 +16,11 @@ from pathlib import Path
 from typing import Any
 
 from firmware_bridge.carrays import crc32
+from nonn_tflite.deployment import Deployment as DeploymentSpec
 from nonn_tflite.deployment import StudentSpec
 from nonn_tflite.deployment import load_deployment as read_deployment
 from nonn_tflite.errors import ModelFileError
 from nonn_tflite.int8 import QParams
-from nonn_tflite.wire import deployment_id
 from nonn_tflite.profile import measure_arena, qparams
 from nonn_tflite.tflite_model import TensorInfo, TFLiteModel, parse_tflite
 
@@ -85,19 +85,36 @@ class Student:
 
 @dataclass(frozen=True)
 class Deployment:
+    """A deployment as the firmware generators need it: the toolkit's one
+    :class:`nonn_tflite.deployment.Deployment` (``spec``: names, classes, shapes, ids, all
+    read by its one reader) plus every model read back from its .tflite and checked."""
+
     run_dir: Path
     tflite_dir: Path
-    name: str
-    num_classes: int
-    class_names: tuple[str, ...]
-    input_shape: tuple[int, ...]
+    spec: DeploymentSpec
     students: tuple[Student, ...]
     fusion: ModelEntry
 
     @property
+    def name(self) -> str:
+        return self.spec.name
+
+    @property
+    def num_classes(self) -> int:
+        return self.spec.num_classes
+
+    @property
+    def class_names(self) -> tuple[str, ...]:
+        return self.spec.class_names
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        return self.spec.input_shape
+
+    @property
     def deployment_id(self) -> int:
         """The id every frame carries (CRC-32 of the UTF-8 name)."""
-        return deployment_id(self.name)
+        return self.spec.id
 
     def slices(self) -> list[tuple[int, int]]:
         """(offset, width) of each student's vector inside the fusion input."""
@@ -129,8 +146,7 @@ def load_deployment(run_dir: Path) -> Deployment:
     if spec.num_classes != fusion.output_size:
         raise ModelFileError(f"fusion.tflite has {fusion.output_size} outputs but "
                              f"deployment.json says {spec.num_classes} classes")
-    return Deployment(Path(run_dir), tdir, spec.name, spec.num_classes, spec.class_names,
-                      spec.input_shape, students, fusion)
+    return Deployment(Path(run_dir), tdir, spec, students, fusion)
 
 
 def _read_json(path: Path) -> Any:
