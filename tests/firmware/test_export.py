@@ -371,3 +371,14 @@ def test_cli_help_has_an_example_and_lists_targets():
     assert "nonn-tflite export runs/c10 --target esp32-platformio --out fw/" in result.output
     assert "|".join(TARGETS) in result.output.replace("\n", "").replace(" ", "")
     assert set(TARGET_NAMES) == set(TARGETS)
+
+
+def test_device_readmes_say_what_was_built_here_and_what_was_not(esp32_fw, linux_fw):
+    esp32 = (esp32_fw.project("device_0").path / "README.md").read_text()
+    for phrase in ("**Built and run**", "`nonn_model_runner.cc`, `model_ops.h` and the model array",
+                   "**Only syntax-checked**", "`main.cpp` and `camera_hook.cpp`",
+                   "**Not built here**"):
+        assert phrase in esp32
+    linux = (linux_fw.project("device_0").path / "README.md").read_text()
+    assert "-DNONN_TFLM_DIR=/path/to/tree" in linux and "kernels of CONV_2D, MEAN" in linux
+    assert "Not tested here: arm64/armhf builds" in linux
