@@ -75,6 +75,56 @@ def test_duplicates_late_and_stale_frames_are_dropped(fusion, reference):
     assert "duplicate=2" in out[7] and "out_of_order=1" in out[7]
 
 
+def test_restarted_source_is_answered_from_its_first_frame(fusion, reference):
+    """Issue 14: keyed by seq alone, a restarted source's seq 0, 1, ... met the done-cache and
+    were dropped as duplicates. Keyed by (session, seq), the new run is fused from frame 0."""
+    vecs = reference.vectors(6)
+    lines, expected = [], []
+    for session, ts0 in ((0x1111, 5_000_000), (0x2222, 1_000)):  # clock even went back
+        for seq, (v0, v1) in enumerate(vecs):
+            ts = ts0 + seq
+            lines += [f"F {seq} {reference.feature(0, seq, ts, v0, session).hex()}",
+                      f"F {seq} {reference.feature(1, seq, ts, v1, session).hex()}"]
+            expected += ["N 0", "N 1 " + reference.prediction(seq, ts, {0: v0, 1: v1},
+                                                              session).hex()]
+    out = fusion(lines + ["S"])
+    assert out[1:-1] == expected
+    assert "duplicate=0 late=0 out_of_order=0 complete=12" in out[-1]
+
+
+def test_frames_of_another_model_are_refused_as_stale(fusion, reference):
+    (v0, v1), = reference.vectors(1)
+    stale = reference.feature(0, 1, 5, v0, model=reference.model_hash("student_0") ^ 1)
+    bad_scale = bytearray(reference.feature(1, 1, 5, v1))
+    bad_scale[32:36] = bytes(reversed(bytes.fromhex("3f800000")))  # scale 1.0
+    uint8 = bytearray(reference.feature(0, 1, 5, v0))
+    uint8[7] = protocol.DType.UINT8
+    out = fusion([f"F 0 {stale.hex()}", f"F 0 {bytes(bad_scale).hex()}",
+                  f"F 0 {bytes(uint8).hex()}", "S"])
+    assert out[1:4] == ["ERR stale_model"] * 3
+    assert "rejected=3" in out[4] and "stale_model=3" in out[4]
+
+
+def test_offline_device_is_not_waited_for(fusion, reference):
+    """A device's last will (status offline) ends the wait for its slice at once, as in the
+    Python node: the frame is fused zero-filled now, not after NONN_FUSION_TIMEOUT_MS."""
+    (v0, _), (w0, _) = reference.vectors(2)
+    out = fusion([f"F 0 {reference.feature(0, 1, 10, v0).hex()}",  # waits for student 1
+                  "U 5 device-1 offline",                            # ... until its last will
+                  f"F 6 {reference.feature(0, 2, 11, w0).hex()}",  # complete at once now
+                  "U 7 device-1 online",
+                  f"F 8 {reference.feature(0, 3, 12, w0).hex()}",  # waits again
+                  "U 9 fusion offline", "U 9 source offline",       # other nodes: ignored
+                  "U 9 device-7 offline", "U 9 device-01 offline",  # no such device
+                  "U 9 device-0 gone", "U 9 device-0 -",            # not online/offline
+                  "S"])
+    assert out[1:3] == ["N 0", f"N 1 {reference.prediction(1, 10, {0: v0}).hex()}"]
+    assert out[3] == f"N 1 {reference.prediction(2, 11, {0: w0}).hex()}"
+    assert out[4:6] == ["N 0", "N 0"]
+    assert out[6:12] == ["N 0"] * 6
+    assert "partial=2" in out[12] and "bad_status=4" in out[12] and "offline=0" in out[12]
+
+
 def test_a_fifth_pending_frame_evicts_the_oldest(fusion, reference):
     vecs = reference.vectors(5)
     lines = [f"F {i} {reference.feature(0, i, 100 + i, v0).hex()}"

@@ -11,6 +11,7 @@ import queue
 import shutil
 import socket
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -118,4 +119,37 @@ def test_c_fusion_node_serves_predictions_over_mqtt(fusion_binary, broker, refer
     assert node.returncode == 0, out
     assert "fusion parameters CRC-32" in out and "ok" in out
     assert listener.next("nonn/digits-k2/status/fusion") == b"offline"
+    listener.close()
+
+
+def test_c_fusion_follows_a_killed_devices_last_will(fusion_binary, broker, reference, run):
+    """Issue 14: the C fusion ignored status and last-will messages, so it waited out the full
+    deadline for a device known to be dead. A real Python device is killed (SIGKILL: no clean
+    goodbye); the broker publishes its last will, and the next frame is fused at once."""
+    listener = Listener(broker)
+    env = {**os.environ, "NONN_MQTT_HOST": "127.0.0.1", "NONN_MQTT_PORT": str(broker)}
+    node = subprocess.Popen([str(fusion_binary)], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    device = subprocess.Popen([sys.executable, "-m", "nonn_tflite.cli", "device", str(run.run),
+                               "--student", "1", "--broker", f"mqtt://127.0.0.1:{broker}"],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        assert listener.next("nonn/digits-k2/status/fusion") == b"online"
+        assert listener.next("nonn/digits-k2/status/device-1", timeout=60) == b"online"
+        device.kill()                          # dies without a word: only its last will speaks
+        device.wait(10)
+        assert listener.next("nonn/digits-k2/status/device-1") == b"offline"
+        time.sleep(0.2)                        # the fusion got the same will from the broker
+        (v0, _), = reference.vectors(1)
+        start = time.monotonic()
+        listener.publish("nonn/digits-k2/feature/0", reference.feature(0, 7, 70, v0))
+        assert listener.next("nonn/digits-k2/prediction") == reference.prediction(7, 70, {0: v0})
+        waited = time.monotonic() - start
+        assert waited < 0.2, f"fused after {waited * 1e3:.0f} ms: it waited for a dead device"
+    finally:
+        if device.poll() is None:
+            device.kill()
+        node.terminate()
+        out, _ = node.communicate(timeout=10)
+    assert node.returncode == 0, out
     listener.close()

@@ -2,6 +2,7 @@
  *   V hex          fusion input -> logits hex (nonn_fusion_invoke)
  *   F now hex      feature frame -> N count frame_hex... | ERR reason
  *   T now          deadline poll -> N count frame_hex...
+ *   U now node payload   status/<node> message ('-' for an empty payload) -> N count frame_hex...
  *   S              counters
  * The first output line is "INIT rc message" from nonn_fusion_node_init. */
 #include <inttypes.h>
@@ -51,12 +52,22 @@ int main(void) {
       nonn_prediction out[NONN_FUSION_SLOTS];
       uint32_t now = (uint32_t)strtoul(strtok(NULL, " \n"), NULL, 10);
       print_predictions(out, nonn_fusion_node_poll(&node, now, out));
+    } else if (strcmp(tok, "U") == 0) {
+      nonn_prediction out[NONN_FUSION_SLOTS];
+      uint32_t now = (uint32_t)strtoul(strtok(NULL, " "), NULL, 10);
+      const char *name = strtok(NULL, " \n");
+      const char *payload = strtok(NULL, " \n");
+      size_t len = (payload == NULL || strcmp(payload, "-") == 0) ? 0 : strlen(payload);
+      print_predictions(out, nonn_fusion_node_status(&node, name, (const uint8_t *)payload, len,
+                                                     now, out));
     } else if (strcmp(tok, "S") == 0) {
       const nonn_fusion_counters *c = &node.counters;
       printf("accepted=%" PRIu32 " rejected=%" PRIu32 " duplicate=%" PRIu32 " late=%" PRIu32
              " out_of_order=%" PRIu32 " complete=%" PRIu32 " partial=%" PRIu32
-             " evicted=%" PRIu32 "\n", c->accepted, c->rejected, c->duplicate, c->late,
-             c->out_of_order, c->complete, c->partial, c->evicted);
+             " evicted=%" PRIu32 " stale_model=%" PRIu32 " bad_status=%" PRIu32
+             " offline=%" PRIx32 "\n", c->accepted, c->rejected, c->duplicate, c->late,
+             c->out_of_order, c->complete, c->partial, c->evicted, c->stale_model, c->bad_status,
+             node.offline);
     }
     fflush(stdout);
   }

@@ -1,8 +1,9 @@
 /* Drives nonn_wire.c from stdin lines (tests only).
  *   N                                   structure-only decoding (no decoder)
  *   C dep image_size num_classes max_payload k w0 .. w(k-1)   decoder (k = 0: any student)
- *   D expect hex                        -> OK ver type student dtype dep seq ts scalebits zp len payload | ERR reason
- *   E type student dtype dep seq ts scalebits zp payload   -> frame hex | ERR reason */
+ *   I k scalebits zp model check        student k's identity (stale_model check from now on)
+ *   D expect hex                        -> OK ver type student dtype dep session seq model ts scalebits zp len payload | ERR reason
+ *   E type student dtype dep session seq model ts scalebits zp payload   -> frame hex | ERR reason */
 #include <inttypes.h>
 #include <stdlib.h>
 
@@ -13,6 +14,7 @@ static char line[400000];
 static uint8_t buf[140000];
 static uint8_t out[140000];
 static uint16_t widths[256];
+static nonn_feature_identity identities[256];
 
 int main(void) {
   nonn_decoder dec;
@@ -35,6 +37,14 @@ int main(void) {
       dec.feature_widths = k > 0 ? widths : NULL;
       dec.num_students = (uint8_t)k;
       have_decoder = 1;
+    } else if (strcmp(tok, "I") == 0) {
+      int k = atoi(strtok(NULL, " "));
+      uint32_t bits = (uint32_t)strtoul(strtok(NULL, " "), NULL, 16);
+      memcpy(&identities[k].scale, &bits, 4);
+      identities[k].zero_point = (int32_t)strtol(strtok(NULL, " "), NULL, 10);
+      identities[k].model = (uint32_t)strtoul(strtok(NULL, " "), NULL, 10);
+      identities[k].check_model = (uint8_t)atoi(strtok(NULL, " \n"));
+      dec.identities = identities;
     } else if (strcmp(tok, "D") == 0) {
       int expect = atoi(strtok(NULL, " "));
       long n = hex_decode(strtok(NULL, " \n"), buf, sizeof buf);
@@ -48,9 +58,10 @@ int main(void) {
         continue;
       }
       memcpy(&bits, &h.scale, 4);
-      printf("OK %u %u %u %u %" PRIu32 " %" PRIu32 " %" PRIu64 " %08" PRIx32 " %" PRId32
-             " %" PRIu32 " ", h.version, h.msg_type, h.student, h.dtype, h.deployment_id, h.seq,
-             h.timestamp_us, bits, h.zero_point, h.length);
+      printf("OK %u %u %u %u %" PRIu32 " %" PRIu32 " %" PRIu32 " %" PRIu32 " %" PRIu64
+             " %08" PRIx32 " %" PRId32 " %" PRIu32 " ", h.version, h.msg_type, h.student,
+             h.dtype, h.deployment_id, h.session, h.seq, h.model, h.timestamp_us, bits,
+             h.zero_point, h.length);
       hex_print(payload, h.length);
       printf("\n");
     } else if (strcmp(tok, "E") == 0) {
@@ -62,7 +73,9 @@ int main(void) {
       h.student = (uint8_t)atoi(strtok(NULL, " "));
       h.dtype = (uint8_t)atoi(strtok(NULL, " "));
       h.deployment_id = (uint32_t)strtoul(strtok(NULL, " "), NULL, 10);
+      h.session = (uint32_t)strtoul(strtok(NULL, " "), NULL, 10);
       h.seq = (uint32_t)strtoul(strtok(NULL, " "), NULL, 10);
+      h.model = (uint32_t)strtoul(strtok(NULL, " "), NULL, 10);
       h.timestamp_us = (uint64_t)strtoull(strtok(NULL, " "), NULL, 10);
       bits = (uint32_t)strtoul(strtok(NULL, " "), NULL, 16);
       memcpy(&h.scale, &bits, 4);
