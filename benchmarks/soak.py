@@ -175,14 +175,15 @@ class Source:
         """Send ``frames`` frames at ``rate``; returns the seconds it took."""
         from nonn_tflite.live.protocol import encode
         from nonn_tflite.live.runtime import now_us
-        from nonn_tflite.live.source import image_frame
+        from nonn_tflite.live.source import image_frame, new_session
 
-        topic, t0 = self.deployment.topics.image, time.monotonic()
+        topic, t0, session = self.deployment.topics.image, time.monotonic(), new_session()
         for i in range(frames):
             delay = t0 + i / rate - time.monotonic()
             if delay > 0 and stop.wait(delay):
                 break
-            data = encode(image_frame(self.deployment, i, now_us(), self.images[i % len(self.images)]))
+            data = encode(image_frame(self.deployment, i, now_us(), self.images[i % len(self.images)],
+                                      session))
             self.sent_at.append(time.time())
             self.sent_ok.append(self.conn.publish(topic, data))
         return time.monotonic() - t0
@@ -229,9 +230,12 @@ class Tap:
             with self._lock:
                 self.stats[topic.rsplit("/", 1)[-1]] = json.loads(payload)
             return
-        if len(payload) >= 36:
-            seq = int.from_bytes(payload[12:16], "little")  # header: see protocol.py
-            student = payload[6]
+        from nonn_tflite.wire import HEADER_SIZE, OFFSETS
+
+        if len(payload) >= HEADER_SIZE:
+            at = OFFSETS["seq"]
+            seq = int.from_bytes(payload[at:at + 4], "little")
+            student = payload[OFFSETS["student"]]
             with self._lock:
                 self.messages += 1
                 self.vectors.setdefault(seq, set()).add(student)

@@ -2,7 +2,8 @@
 
 :func:`build_message` turns fuzzer bytes into one (topic, payload) a broker could deliver to a
 fusion or device node: a quarter of the time raw bytes, else a frame with chosen
-fields (type, student, dtype, deployment id, seq, timestamp, scale, zero point, length, payload)
+fields (type, student, dtype, deployment id, session, seq, model hash, timestamp, scale, zero
+point, length, payload; by default those of a real device of the deployment)
 so the fuzzer gets past the magic and deep into the handlers. :class:`NodeProbe` feeds such
 messages to a real :class:`~nonn_tflite.live.fusion.FusionNode` and
 :class:`~nonn_tflite.live.device.DeviceNode` (real models, no broker: their handlers are called
@@ -24,6 +25,7 @@ from dataclasses import dataclass
 from nonn_tflite.live.device import DeviceConfig, DeviceNode
 from nonn_tflite.live.fusion import FusionConfig, FusionNode
 from nonn_tflite.deployment import Deployment
+from nonn_tflite.live.models import feature_identities
 from nonn_tflite.live.mqtt import BrokerConfig
 from nonn_tflite.live.protocol import HEADER, MAGIC, VERSION
 
@@ -99,16 +101,30 @@ def _frame(s: ByteStream, deployment: Deployment, msg_type: int) -> bytes:
     length = s.u8() if flags & 4 else widths.get(student, deployment.image_size)
     if msg_type == 1 and not flags & 4:
         length, student = deployment.image_size, 255
+    real = _identities(deployment).get(student)  # what a real device of the deployment sends
     dep = s.unpack("I") if flags & 8 else deployment.id
-    scale = s.unpack("f") if flags & 16 else 0.02
-    zero_point = s.unpack("i") if flags & 32 else -128
+    scale = s.unpack("f") if flags & 16 else (real.scale if real else 0.02)
+    zero_point = s.unpack("i") if flags & 32 else (real.zero_point if real else -128)
+    session = s.unpack("I") if flags & 64 else s.u8() % 3  # a few sessions: restarts
     seq, ts = s.unpack("H"), s.unpack("Q") if flags & 64 else s.unpack("I")
     dtype = s.u8() % 4 if flags & 128 else 1
+    model = s.unpack("I") if flags & 128 else (real.model or 0 if real else 0)
     payload = s.take(length)
     declared = len(payload) if not flags & 4 else s.unpack("H")
-    header = HEADER.pack(MAGIC, VERSION, msg_type, student & 0xFF, dtype, dep, seq, ts,
-                         scale, zero_point, declared)
+    header = HEADER.pack(MAGIC, VERSION, msg_type, student & 0xFF, dtype, dep, session, seq,
+                         model, ts, scale, zero_point, declared)
     return header + payload
+
+
+_IDENTITIES: dict[int, dict] = {}
+
+
+def _identities(deployment: Deployment) -> dict:
+    """feature_identities, read once per deployment (it may hash the student files)."""
+    key = id(deployment)
+    if key not in _IDENTITIES:
+        _IDENTITIES[key] = feature_identities(deployment)
+    return _IDENTITIES[key]
 
 
 class NodeProbe:
@@ -133,7 +149,7 @@ class NodeProbe:
         core.pending.clear()
         core.done.clear()
         core.claims.clear()
-        core.high = None
+        core.high.clear()
         self.device.guard.last = None
 
     def feed(self, message: Message) -> str:

@@ -16,7 +16,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from fuzz.frames import Message, NodeProbe, build_message
+from nonn_tflite.live.models import feature_identities
 from nonn_tflite.live.protocol import (
+    OFFSETS,
     REJECT_REASONS,
     Decoder,
     DType,
@@ -81,22 +83,34 @@ def test_status_from_any_node_name_is_applied_or_counted(probe, node, payload):
 @given(student=st.integers(0, 255), seq=st.integers(0, 2**32 - 1),
        ts=st.integers(0, 2**64 - 1), scale=st.floats(width=32),
        zp=st.integers(-2**31, 2**31 - 1), dtype=st.sampled_from(list(DType)),
-       width=st.integers(0, 40), fill=st.integers(0, 255), topic_student=st.integers(0, 5))
+       width=st.integers(0, 40), fill=st.integers(0, 255), topic_student=st.integers(0, 5),
+       session=st.integers(0, 2**32 - 1), real=st.booleans())
 def test_feature_frames_with_any_field_values(probe, student, seq, ts, scale, zp, dtype, width,
-                                              fill, topic_student):
+                                              fill, topic_student, session, real):
     """Well-formed headers with extreme values (NaN/inf/denormal scales, huge zero points,
-    wrapping sequence numbers) reach the fusion's assembly and requantisation."""
+    wrapping sequence and session numbers) are refused by name, or, with the identity of a real
+    student (``real``), reach the fusion's assembly and requantisation."""
+    ids = feature_identities(probe.deployment)
+    model = 0
+    if real and student in ids and np.isfinite(scale) and scale > 0:
+        scale, zp, model, dtype = ids[student].scale, ids[student].zero_point, \
+            ids[student].model, DType.INT8
     header_scale = scale if np.isfinite(scale) and scale > 0 else 1.0
     frame = Frame(MsgType.FEATURE, probe.deployment.id, seq, ts, bytes([fill]) * width,
-                  student, dtype, header_scale, zp)
+                  student, dtype, header_scale, zp, session=session, model=model)
     data = bytearray(encode(frame))
-    data[24:28] = np.float32(scale).tobytes()  # the raw scale, NaN included
+    at = OFFSETS["scale"]
+    data[at:at + 4] = np.float32(scale).tobytes()  # the raw scale, NaN included
     verdict = probe.feed(Message(f"{probe.deployment.topics.prefix}/feature/{topic_student}",
                                  bytes(data), "feature"))
     if not (np.isfinite(scale) and scale > 0):
         assert verdict == "rejected:bad_scale"
     elif verdict == "accepted":
         assert student == topic_student and width == probe.deployment.feature_widths[student]
+        assert ids[student].matches(dtype, np.float32(scale), zp, model)
+    elif student in ids and width == probe.deployment.feature_widths[student]:
+        assert verdict == ("rejected:topic_mismatch" if ids[student].matches(
+            dtype, float(np.float32(scale)), zp, model) else "rejected:stale_model")
 
 
 def test_probe_state_stays_bounded(probe):

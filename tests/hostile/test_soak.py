@@ -75,3 +75,59 @@ def test_broker_outage_every_node_reconnects_and_every_frame_is_accounted(tmp_pa
     assert after["vectors_per_device_min"] == after["frames"]
     assert all(not p["died_during_run"] and p["exit_code"] == 0
                for p in doc["processes"].values())
+
+
+SOURCE_CHILD = r"""
+import json, sys, threading, time
+import psutil
+from nonn_tflite.deployment import load_deployment
+from nonn_tflite.live.mqtt import BrokerConfig
+from nonn_tflite.live.source import SourceConfig, SourceNode, load_images
+
+run, url, rate, frames, window = sys.argv[1], sys.argv[2], float(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])
+dep = load_deployment(run)
+node = SourceNode(dep, BrokerConfig.from_url(url), load_images(dep, run),
+                  SourceConfig(rate=rate, frames=frames, drain_s=5.0, window=window)).start()
+me, samples, done = psutil.Process(), [], threading.Event()
+def sample():
+    while not done.wait(0.2):
+        samples.append((node.score.frames, me.memory_info().rss, node.score.size))
+threading.Thread(target=sample, daemon=True).start()
+score = node.run()
+done.set()
+node.stop()
+print(json.dumps({"frames": score.frames, "answered": score.answered, "expired": score.expired,
+                  "size": score.size, "samples": samples}))
+"""
+
+
+def test_source_memory_is_flat_over_a_long_run(tmp_path, k4_run, k4_deployment, mosquitto):
+    """Issue 14: the source kept three dicts with one entry per frame forever (4.3 M entries a
+    day at 50 frames/s). A real SourceNode process sends 40x its scoreboard window through
+    mosquitto, real devices and a real fusion node; its RSS is sampled (psutil) all along."""
+    from nonn_tflite.live.device import DeviceConfig, DeviceNode
+    from nonn_tflite.live.fusion import FusionConfig, FusionNode
+    from nonn_tflite.live.mqtt import BrokerConfig
+
+    broker = BrokerConfig.from_url(mosquitto.url)
+    nodes = [DeviceNode(k4_deployment, broker, DeviceConfig(s.id, queue=64)).start()
+             for s in k4_deployment.students]
+    nodes.append(FusionNode(k4_deployment, broker, FusionConfig(deadline_ms=2000)).start())
+    rate, frames, window = 150, 4000, 100
+    try:
+        done = subprocess.run([sys.executable, "-c", SOURCE_CHILD, str(k4_run), mosquitto.url,
+                               str(rate), str(frames), str(window)], check=False,
+                              capture_output=True, text=True, timeout=120, cwd=ROOT)
+    finally:
+        for node in nodes:
+            node.stop()
+    assert done.returncode == 0, done.stderr[-3000:]
+    doc = json.loads(done.stdout.splitlines()[-1])
+    assert doc["frames"] == frames and doc["answered"] >= 0.99 * frames
+    assert doc["answered"] + doc["expired"] >= frames - window  # every frame has its fate
+    samples = doc["samples"]
+    assert max(size for _, _, size in samples) <= 3 * window  # the scoreboard is a window
+    half = [rss for sent, rss, _ in samples if sent >= frames // 2]
+    growth_mib = (max(half) - half[0]) / 2**20
+    # unbounded, 2,000 more frames would add 6,000 dict entries (~0.7 MiB); a window adds none
+    assert growth_mib < 0.5, f"source RSS grew {growth_mib:.2f} MiB over the second half"
