@@ -165,11 +165,24 @@ def _kernel_file(tree: Path, op: str, optimized: bool) -> Path:
                             f"{register}(){hint}") from None
 
 
+def _kernel_headers(tree: Path, text: str, seen: set[str]) -> set[str]:
+    """Stems of the kernel headers ``text`` includes, followed through those headers (e.g.
+    depthwise_conv.h includes conv.h, whose constants live in conv_common.cc)."""
+    for stem in _KERNEL_INCLUDE.findall(text):
+        header = Path(tree) / KERNELS / f"{stem}.h"
+        if stem not in seen:
+            seen.add(stem)
+            if header.is_file():
+                _kernel_headers(tree, header.read_text(errors="replace"), seen)
+    return seen
+
+
 def _companions(tree: Path, src: Path, registers: set[Path]) -> list[Path]:
     """Kernel-folder sources ``src`` needs besides itself: ``<h>_common.cc`` for every kernel
-    header it includes, and ``<h>.cc`` when that file is a helper (defines no op)."""
+    header it includes (directly or through other kernel headers), and ``<h>.cc`` when that
+    file is a helper (defines no op)."""
     out = []
-    for stem in _KERNEL_INCLUDE.findall(src.read_text(errors="replace")):
+    for stem in sorted(_kernel_headers(tree, src.read_text(errors="replace"), set())):
         for name in (f"{stem}_common.cc", f"{stem}.cc"):
             path = Path(tree) / KERNELS / name
             if path.is_file() and path != src and path not in registers:
