@@ -47,6 +47,10 @@ class CostModel:
     radio_uj_per_message: float  # fixed cost per message: wake-up, headers, ACKs
     max_message_bytes: int  # payload bytes per message; larger payloads need several
     host_speed_factor: float | None = None  # Linux boards: board latency / this host's LiteRT latency
+    # Boards whose core QEMU emulates: latency = instructions measured on that core (TFLM with
+    # these kernels, firmware_bridge/qemu.py) x cycles_per_instruction / clock.
+    cycles_per_instruction: float | None = None
+    emulated_cpu: str | None = None  # "cortex-m4", "cortex-m7", "cortex-m55"
 
 
 @dataclass(frozen=True)
@@ -105,6 +109,24 @@ CYCLES_PER_MAC_ESP32_ESPNN = round(0.380 * 240e6 / PERSON_DETECTION_MACS, 2)  # 
 CYCLES_PER_MAC_ESP32S3_ESPNN = round(0.054 * 240e6 / PERSON_DETECTION_MACS, 2)  # 1.81
 
 
+# -- cycles per instruction, for boards whose core is emulated (instructions measured on QEMU) -----
+#
+# Calibrated once against the one published MLPerf Tiny result that runs TFLM + CMSIS-NN on a
+# Cortex-M4: the v0.5 reference submission, ResNet-8 on NUCLEO-L4R5ZI at 120 MHz, 1.420 inf/s
+# (mlcommons/tiny_results_v0.5 closed/reference/results/Nucleo-L4R5ZI/ic/performance), i.e.
+# 84.5 M cycles, over the 29,781,825 instructions the same model takes on the emulated
+# Cortex-M4 with today's TFLM + CMSIS-NN (../shared/tflm/README.md). That gives 2.84 cycles per
+# instruction: flash wait states (5 at 120 MHz, behind the ART cache), multi-cycle loads and
+# SMLAD stalls, and whatever the 2020 TFLM v2.3.1 executed more than today's TFLM (so it leans
+# pessimistic).
+RESNET8_M4_CMSIS_INSTRUCTIONS = 29_781_825  # measured on QEMU mps2-an386
+MLPERF_V05_L4R5ZI_IPS = 1.420
+CPI_M4_TFLM_CMSIS = round(120e6 / MLPERF_V05_L4R5ZI_IPS / RESNET8_M4_CMSIS_INSTRUCTIONS, 2)  # 2.84
+# Cortex-M7: the M4 figure x the M7/M4 cycle ratio of ST's own MLPerf Tiny v1.0 results with
+# one toolchain (as CYCLES_PER_MAC_M7_CMSIS above); the instruction streams match (ResNet-8:
+# 29.96 M on the emulated M7 vs 29.78 M on the M4).
+CPI_M7_TFLM_CMSIS = round(CPI_M4_TFLM_CMSIS * (280 / 18.401) / (120 / 4.407), 2)  # 1.59
+
 BOARDS: dict[str, Board] = {
     b.name: b
     for b in (
@@ -147,6 +169,7 @@ BOARDS: dict[str, Board] = {
               source="Nordic nRF52840 product specification v1.7",
               cost=CostModel(
                   kernels="cmsis-nn", cycles_per_mac=CYCLES_PER_MAC_M4_CMSIS,
+                  cycles_per_instruction=CPI_M4_TFLM_CMSIS, emulated_cpu="cortex-m4",
                   # nRF52840 PS v1.7: CPU running CoreMark from flash, cache on, 64 MHz, LDO:
                   # 6.3 mA x 3.3 V (chip only: the board's LEDs and regulator are not counted)
                   active_mw=20.8,
@@ -164,6 +187,7 @@ BOARDS: dict[str, Board] = {
               source="Nordic nRF52840 product specification v1.7; IEEE 802.15.4 O-QPSK 250 kbit/s",
               cost=CostModel(
                   kernels="cmsis-nn", cycles_per_mac=CYCLES_PER_MAC_M4_CMSIS,
+                  cycles_per_instruction=CPI_M4_TFLM_CMSIS, emulated_cpu="cortex-m4",
                   active_mw=20.8, idle_mw=0.01,  # as nano33ble (same chip)
                   # TX 0 dBm 14.4 mW (PS v1.7) over 250 kbit/s
                   link="802.15.4", radio_nj_per_bit=57.6,
@@ -191,6 +215,7 @@ BOARDS: dict[str, Board] = {
               source="ST STM32F746xx datasheet DS10916",
               cost=CostModel(
                   kernels="cmsis-nn", cycles_per_mac=CYCLES_PER_MAC_M7_CMSIS,
+                  cycles_per_instruction=CPI_M7_TFLM_CMSIS, emulated_cpu="cortex-m7",
                   # DS10916: Run mode 216 MHz from flash, ART on, peripherals off ~100 mA x 3.3 V
                   # (approx., from memory; the board's LCD and SDRAM are not counted)
                   active_mw=330.0,
@@ -206,6 +231,7 @@ BOARDS: dict[str, Board] = {
               source="ST STM32L4R5xx datasheet DS12023; MLPerf Tiny v0.5 reference system",
               cost=CostModel(
                   kernels="cmsis-nn", cycles_per_mac=CYCLES_PER_MAC_M4_CMSIS,
+                  cycles_per_instruction=CPI_M4_TFLM_CMSIS, emulated_cpu="cortex-m4",
                   # DS12023: Run mode, range 1 boost, ~110 uA/MHz x 120 MHz x 3.3 V (approx.,
                   # from memory). MLPerf Tiny v0.5 measured 41.5 mW for the board at 1.8 V.
                   active_mw=43.6,
@@ -292,6 +318,12 @@ def _cost_from(p: Path, data: dict) -> CostModel:
         kw[key] = _number(p, data, key, positive=False, prefix="cost.")
     if "host_speed_factor" in data:
         kw["host_speed_factor"] = _number(p, data, "host_speed_factor", positive=True, prefix="cost.")
+    if "cycles_per_instruction" in data:
+        kw["cycles_per_instruction"] = _number(p, data, "cycles_per_instruction", positive=True,
+                                               prefix="cost.")
+    if "emulated_cpu" in data:
+        kw["emulated_cpu"] = _text(p, data, "emulated_cpu", "cost.")
+        _choice(p, kw["emulated_cpu"], "cost.emulated_cpu", ("cortex-m4", "cortex-m7", "cortex-m55"))
     return CostModel(**kw)
 
 

@@ -20,7 +20,10 @@ from nonn_tflite.errors import UsageError
 
 ESTIMATE_LABEL = "estimate (cost model, not measured on a device)"
 FORMULA = (
-    "t_compute = MACs * cycles_per_mac / clock_hz   (MCU; MACs of CONV_2D, DEPTHWISE_CONV_2D, FC)",
+    "t_compute = instructions * cycles_per_instruction / clock_hz   (Cortex-M4/M7 boards once "
+    "`nonn-tflite measure` ran: instructions measured on QEMU, TFLM + CMSIS-NN)",
+    "t_compute = MACs * cycles_per_mac / clock_hz   (other MCUs, e.g. ESP32; MACs of CONV_2D, "
+    "DEPTHWISE_CONV_2D, FC)",
     "t_compute = t_host * host_speed_factor   (Linux board: LiteRT median on this host, default delegate)",
     "E_compute = P_active * t_compute",
     "E_radio = n_msg * E_msg + 8 * payload_bytes * E_bit,   n_msg = ceil(payload_bytes / max_message_bytes)",
@@ -48,9 +51,14 @@ class Estimate:
         return {**asdict(self), "total_uj": self.total_uj}
 
 
-def compute_latency_ms(macs: int, board: Board, host_latency_ms: float | None = None) -> tuple[float, str]:
-    """Compute time on ``board``: a measured host latency scaled (Linux), else the MAC model."""
+def compute_latency_ms(macs: int, board: Board, host_latency_ms: float | None = None,
+                       instructions: int | None = None) -> tuple[float, str]:
+    """Compute time on ``board``: instructions measured on its emulated core x cycles per
+    instruction; a measured host latency scaled (Linux); else the MAC model."""
     cost = _cost(board)
+    if instructions and cost.cycles_per_instruction:
+        return (instructions * cost.cycles_per_instruction / (board.clock_mhz * 1e6) * 1e3,
+                "measured instructions x CPI")
     if cost.host_speed_factor is not None and host_latency_ms is not None:
         return host_latency_ms * cost.host_speed_factor, "host latency x factor"
     return macs * cost.cycles_per_mac / (board.clock_mhz * 1e6) * 1e3, "macs"
@@ -64,10 +72,11 @@ def radio_energy_uj(payload_bytes: int, cost: CostModel) -> tuple[float, int]:
     return messages * cost.radio_uj_per_message + 8 * payload_bytes * cost.radio_nj_per_bit / 1e3, messages
 
 
-def estimate(macs: int, payload_bytes: int, board: Board, host_latency_ms: float | None = None) -> Estimate:
+def estimate(macs: int, payload_bytes: int, board: Board, host_latency_ms: float | None = None,
+             instructions: int | None = None) -> Estimate:
     """Latency and energy of one inference plus sending its payload (see :data:`FORMULA`)."""
     cost = _cost(board)
-    latency_ms, basis = compute_latency_ms(macs, board, host_latency_ms)
+    latency_ms, basis = compute_latency_ms(macs, board, host_latency_ms, instructions)
     radio_uj, messages = radio_energy_uj(payload_bytes, cost)
     return Estimate(board.name, latency_ms, cost.active_mw * latency_ms, radio_uj, messages, basis)
 
@@ -143,8 +152,24 @@ def _teacher_payload(teacher: dict) -> int:
     return int(teacher["output"]["shape"][-1]) + WIRE_HEADER_BYTES
 
 
+def measured_instructions(model: dict, board: Board) -> int | None:
+    """Instructions per inference measured on QEMU on ``board``'s core with CMSIS-NN (report
+    ``measured``, written by ``nonn-tflite measure``); the M4 count stands in for an unmeasured
+    M7 (same instruction stream: ResNet-8 29.96 M vs 29.78 M)."""
+    cost = board.cost
+    measured = model.get("measured") or {}
+    if cost is None or not cost.emulated_cpu or not measured:
+        return None
+    for cpu in (cost.emulated_cpu, "cortex-m4" if cost.emulated_cpu == "cortex-m7" else None):
+        m = measured.get(f"{cpu}-cmsis-nn") if cpu else None
+        if m:
+            return int(m["instructions_per_inference"])
+    return None
+
+
 def _model_estimate(model: dict, payload: int, board: Board) -> Estimate:
-    return estimate(int(model["macs"]), payload, board, _host_latency_ms(model))
+    return estimate(int(model["macs"]), payload, board, _host_latency_ms(model),
+                    measured_instructions(model, board))
 
 
 def teacher_on(teacher: dict, board: Board) -> dict:

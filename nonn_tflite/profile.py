@@ -53,6 +53,24 @@ def arena_with_margin(measured: int) -> int:
     return align(measured + max(ARENA_MARGIN_MIN_BYTES, math.ceil(measured * ARENA_MARGIN_FRACTION)))
 
 
+# The arena a 32-bit device reserves when its arena was *measured* on the 32-bit build (QEMU,
+# firmware_bridge/qemu.py): TFLM's arena use is deterministic for one model, TFLM commit, kernel
+# set and ABI, so the margin only covers what the measurement cannot see: another core's
+# CMSIS-NN scratch sizes (M4 54,996 B vs M55 55,028 B for ResNet-8: +0.06 %) and an arena
+# buffer whose start is not 16-byte aligned (at most 15 B).
+ARENA_32BIT_MARGIN_FRACTION = 0.02
+ARENA_32BIT_MARGIN_MIN_BYTES = 64
+ARENA_32BIT_MARGIN_RULE = (f"minimal 32-bit arena measured on QEMU +{ARENA_32BIT_MARGIN_FRACTION:.0%} "
+                           f"(at least {ARENA_32BIT_MARGIN_MIN_BYTES} B), rounded up to {ALIGN} B")
+
+
+def arena_32bit_with_margin(measured_32bit: int) -> int:
+    """The arena a device reserves for a ``measured_32bit`` minimal arena (AllocateTensors and
+    Invoke succeed with it on the emulated core)."""
+    return align(measured_32bit + max(ARENA_32BIT_MARGIN_MIN_BYTES,
+                                      math.ceil(measured_32bit * ARENA_32BIT_MARGIN_FRACTION)))
+
+
 # -- tensor arena ---------------------------------------------------------------------------------
 
 @dataclass

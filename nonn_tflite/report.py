@@ -164,6 +164,10 @@ def report_markdown(report: dict) -> str:
         from nonn_tflite.energy import energy_markdown
 
         lines += [""] + energy_markdown(report["energy"])
+    if report.get("measured"):  # QEMU measurements: nonn_tflite/measure.py renders them
+        from nonn_tflite.measure import measured_markdown
+
+        lines += [""] + measured_markdown(report["measured"])
     lines += ["", "## How these numbers were measured", "",
               f"- Calibration: {cal['count']} images of the {cal['split']} split, seed {cal['seed']} "
               f"(indices in `calibration_indices.json`, sha256 `{cal['indices_sha256'][:16]}...`).",

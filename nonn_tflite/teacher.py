@@ -192,8 +192,9 @@ def choose_input(model, ds: Dataset, requested: str | None, source: str = "teach
         hint = ("drop --teacher-input to try every convention, or pass the one it was trained with"
                 if requested else "pass the --dataset it was trained on, or --teacher-input "
                 "mean-std:M,S with the normalisation it was trained with")
+        under = f"--teacher-input {requested}" if requested else "every input convention tried"
         raise UsageError(f"{source} scores near chance on {min(images, len(ds.y_val))} validation "
-                         f"images of {ds.name} under every input convention tried (chance "
+                         f"images of {ds.name} under {under} (chance "
                          f"{chance:.3f}; accuracy {tried}): it does not fit this data; {hint}")
     return min(fitting, key=lambda c: scores[c.name]["cross_entropy"]), scores
 

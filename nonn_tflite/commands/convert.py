@@ -119,8 +119,8 @@ def inspect(model_file: str, latency_runs: int, no_arena: bool, no_tensors: bool
 def _print_int8_notes(not_int8: list[str], notes: list[str]) -> None:
     """What TFLM runs but the toolkit's int8 devices would not take, and other notes."""
     if not_int8:
-        click.echo(f"not full int8 ({len(not_int8)}; TFLM runs it, the int8 devices and wire "
-                   f"format need int8 throughout): {not_int8[0]}"
+        click.echo(f"not full int8 ({len(not_int8)}; the toolkit's int8 devices and wire format "
+                   f"need int8 throughout): {not_int8[0]}"
                    + (f" ... and {len(not_int8) - 1} more (--json lists all)" if len(not_int8) > 1 else ""))
     for note in notes:
         click.echo(f"note: {note}")
