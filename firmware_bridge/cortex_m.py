@@ -11,6 +11,7 @@ get a model's real flash and static RAM.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,10 +22,12 @@ import numpy as np
 from firmware_bridge.carrays import array_symbol, hex_lines, to_c_array
 from firmware_bridge.qemu import (CPUS, RUNTIME, Config, LinkSize, build_runtime, elf_size,
                                   min_arena, run_probe)
-from firmware_bridge.qemu import TFLM_SOURCES_PY, _make, check_ops, qemu, tflm_tree
+from firmware_bridge.qemu import (TFLM_SOURCES_PY, _make, check_ops, check_tools, qemu,
+                                  tflm_tree)
 from firmware_bridge.render import render
 from firmware_bridge.resolver import op_calls, render_resolver
 from nonn_tflite import __version__
+from nonn_tflite.errors import NonnError, UsageError
 from nonn_tflite.tflite_model import parse_tflite
 
 RUNTIME_FILES = ("tflm.mk", "startup.c", "nonn_platform.h", "nonn_tflm_port.cc",
@@ -68,9 +71,17 @@ def project_files(model_name: str, data: bytes, cm: dict[str, Any], *, project: 
     """Path (relative to the project) -> text, for a project running one model on its own."""
     symbol = array_symbol(model_name)
     header, source = to_c_array(model_name, data, source_note=cm["model_file"])
+    info = parse_tflite(data)
+    student = re.fullmatch(r"student_(\d+)", model_name)
     ctx = {"project": project, "symbol": symbol, "arena_bytes": arena_bytes, "cm": cm,
-           "generator": f"nonn-tflite {__version__}"}
+           "generator": f"nonn-tflite {__version__}", "model": {"name": model_name},
+           "student_id": int(student.group(1)) if student else -1,
+           "output_bytes": int(np.prod(info.output_tensors()[0].shape))}
+    ctx["student"] = {"id": ctx["student_id"]}
     files = {"Makefile": render("cortex-m/device/Makefile.j2", **ctx),
+             "src/nonn_config.h": render("cortex-m/standalone/nonn_config.h.j2", **ctx),
+             "src/nonn_model_runner.h": render("common/nonn_model_runner.h.j2", **ctx),
+             "src/nonn_model_runner.cc": render("common/nonn_model_runner.cc.j2", **ctx),
              "src/main.cc": render("cortex-m/device/src/main.cc.j2", **ctx),
              "src/test_inputs.h": render("cortex-m/device/src/test_inputs.h.j2", **ctx),
              f"src/{model_name}_model_data.h": header, f"src/{model_name}_model_data.cc": source,
@@ -235,12 +246,21 @@ def measure_model(name: str, data: bytes, inputs: np.ndarray, configs, *, link: 
     """``{config.key: Measurement dict}`` for one model; ``skipped`` when it cannot fit."""
     from nonn_tflite.profile import arena_32bit_with_margin
 
+    import logging
+
+    from firmware_bridge.qemu import ArenaTooSmall
+
+    log = logging.getLogger("nonn_tflite")
     if len(data) > PROBE_MODEL_MAX:
         return {"skipped": f"{len(data):,} B model > the probe's {PROBE_MODEL_MAX:,} B buffer"}
     ref = tflm_python_outputs(data, inputs) if reference is None else reference
     out: dict = {}
     for config in configs:
-        probe = run_probe(data, inputs, config)
+        try:
+            probe = run_probe(data, inputs, config)
+        except ArenaTooSmall:
+            return {"skipped": f"needs more than the probe's {PROBE_ARENA_MAX:,} B arena "
+                               f"on {config.core.machine}"}
         m = {"model": name, "cpu": config.cpu, "machine": config.core.machine,
              "kernels": config.kernels, "arena_used_bytes": probe.arena_used_bytes,
              "arena_bytes_min": min_arena(data, inputs, config, probe.arena_used_bytes),
@@ -248,14 +268,23 @@ def measure_model(name: str, data: bytes, inputs: np.ndarray, configs, *, link: 
              "instructions": probe.instructions, "inferences": len(inputs),
              "bit_exact": bool(np.array_equal(probe.outputs.reshape(ref.shape), ref)),
              "label": config.core.label()}
+        arena = arena_32bit_with_margin(m["arena_bytes_min"])
+        m["arena_reserved_bytes"] = arena
         if link:
             root = (work or cache_root_links()) / f"{name}-{config.key}"
-            arena = arena_32bit_with_margin(m["arena_bytes_min"])
             write_model_project(root, name, data, config, inputs[:1], arena)
-            size = elf_size(build_project(root, config))
-            m.update(flash_bytes=size.flash_bytes, static_ram_bytes=size.static_ram_bytes,
-                     text_bytes=size.text, data_bytes=size.data, bss_bytes=size.bss,
-                     arena_reserved_bytes=arena)
+            try:
+                size = elf_size(build_project(root, config))
+            except NonnError as exc:  # e.g. a teacher whose arena overflows the core's RAM
+                m["link_error"] = str(exc)[:300]
+            else:
+                m.update(flash_bytes=size.flash_bytes, static_ram_bytes=size.static_ram_bytes,
+                         text_bytes=size.text, data_bytes=size.data, bss_bytes=size.bss)
+        log.info("  %-22s %-20s %12s instructions/inference, arena %s B used, %s B min%s%s",
+                 name, config.key, f"{m['instructions_per_inference']:,}",
+                 f"{m['arena_used_bytes']:,}", f"{m['arena_bytes_min']:,}",
+                 f", flash {m['flash_bytes']:,} B" if m.get("flash_bytes") else "",
+                 "" if m["bit_exact"] else ", NOT bit-exact")
         out[config.key] = m
     return out
 
@@ -278,8 +307,10 @@ def measure_run(run_dir: Path | str, configs=DEFAULT_CONFIGS, *, samples: int = 
     from nonn_tflite.measure import apply_measurements
 
     log = logging.getLogger("nonn_tflite")
-    run = Path(run_dir)
-    tdir = run / "tflite" if (run / "tflite" / "report.json").is_file() else run
+    tdir = converted_dir(run_dir)
+    check_tools()
+    for kernels in dict.fromkeys(c.kernels for c in configs):
+        tflm_tree(kernels)
     report = json.loads((tdir / "report.json").read_text())
     with np.load(tdir / "test_sample.npz") as z:
         x = z["x"][:samples]
@@ -313,6 +344,20 @@ def measure_run(run_dir: Path | str, configs=DEFAULT_CONFIGS, *, samples: int = 
     if write:
         _write_measured(tdir, report)
     return report
+
+
+def converted_dir(run_dir: Path | str) -> Path:
+    """The folder holding report.json, test_sample.npz and the .tflite files of a converted
+    run (RUN/tflite, or that folder itself); a UsageError saying to convert first otherwise."""
+    run = Path(run_dir)
+    for tdir in (run / "tflite", run):
+        if (tdir / "report.json").is_file() and (tdir / "test_sample.npz").is_file():
+            return tdir
+    if not run.exists():
+        raise UsageError(f"{run} does not exist; expected a run folder converted by "
+                         "`nonn-tflite convert`")
+    raise UsageError(f"{run} has no tflite/report.json and test_sample.npz; run "
+                     f"`nonn-tflite convert {run}` first")
 
 
 def _toolchain() -> dict:

@@ -23,6 +23,7 @@ COMMANDS = {
     "convert": "convert:convert",
     "inspect": "convert:inspect",
     "export": "export:export",
+    "measure": "measure:measure",
     "demo": "live:demo",
     "device": "live:device",
     "fusion": "live:fusion",

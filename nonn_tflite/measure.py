@@ -49,7 +49,7 @@ def measured_rows(report: dict) -> list[dict]:
         for key, m in (entry.get("measured") or {}).items():
             rows.append({"model": entry["file"], "config": key, **{k: m.get(k) for k in (
                 "cpu", "machine", "kernels", "instructions_per_inference", "arena_used_bytes",
-                "arena_bytes_min",
+                "arena_bytes_min", "arena_reserved_bytes",
                 "flash_bytes", "static_ram_bytes", "bit_exact")}})
     return rows
 
@@ -101,16 +101,61 @@ def measured_markdown(section: dict) -> list[str]:
              " `arena_min` is the smallest arena with which AllocateTensors and Invoke succeed on "
              "the emulated core (bisection; arena_used_bytes() leaves out Prepare's temporary "
              "allocations).",
-             "", "| model | config | instructions / inference | arena_used | arena_min | flash | "
-             "static RAM | bit-exact vs Python TFLM |", "|---|---|---|---|---|---|---|---|"]
-    for r in section["rows"]:
-        flash = f"{r['flash_bytes']:,}" if r["flash_bytes"] else "-"
-        ram = f"{r['static_ram_bytes']:,}" if r["static_ram_bytes"] else "-"
-        lines.append(f"| {r['model']} | {r['config']} | {r['instructions_per_inference']:,} | "
-                     f"{r['arena_used_bytes']:,} | {r['arena_bytes_min']:,} | {flash} | {ram} | "
-                     f"{'yes' if r['bit_exact'] else 'NO'} |")
-    ratios = section.get("teacher_student_instruction_ratio") or {}
-    if ratios:
-        lines += ["", "Teacher / largest student, instructions per inference: " + ", ".join(
-            f"{k} {v:.1f}x" if v else f"{k} -" for k, v in ratios.items()) + "."]
+             "", "| " + " | ".join(h for h, _ in COLUMNS) + " |",
+             "|" + "---|" * len(COLUMNS)]
+    lines += ["| " + " | ".join(row_cells(r)) + " |" for r in section["rows"]]
+    lines += ["", ratio_sentence(section)]
     return lines + [""]
+
+
+# (header, row key) of the measured table: report.md, the terminal and benchmarks share it.
+COLUMNS = (("model", "model"), ("config", "config"),
+           ("instructions / inference", "instructions_per_inference"),
+           ("arena_used", "arena_used_bytes"), ("arena_min", "arena_bytes_min"),
+           ("reserved", "arena_reserved_bytes"), ("flash", "flash_bytes"),
+           ("static RAM", "static_ram_bytes"), ("bit-exact vs Python TFLM", "bit_exact"))
+
+
+def row_cells(row: dict) -> list[str]:
+    """One measured row as text cells (bytes and counts with thousands separators)."""
+    cells = []
+    for _, key in COLUMNS:
+        v = row.get(key)
+        if key == "bit_exact":
+            cells.append("yes" if v else "NO")
+        elif isinstance(v, int):
+            cells.append(f"{v:,}")
+        else:
+            cells.append("-" if v is None else str(v))
+    return cells
+
+
+def ratio_sentence(section: dict) -> str:
+    """The teacher / largest-student instruction ratio per configuration, as one sentence."""
+    ratios = section.get("teacher_student_instruction_ratio") or {}
+    if not ratios:
+        return "Teacher not measured (no teacher/student instruction ratio)."
+    return "Teacher / largest student, instructions per inference: " + ", ".join(
+        f"{k} {v:.1f}x" if v else f"{k} -" for k, v in ratios.items()) + "."
+
+
+def skipped_lines(report: dict) -> list[str]:
+    """Models that were not measured, and why (e.g. a teacher too big for the probe)."""
+    return [f"{e['file']}: not measured ({e['measured_skipped']})" for e in _entries(report)
+            if e.get("measured_skipped")]
+
+
+def measured_table(section: dict):
+    """The measured rows as a rich table for the terminal (``nonn-tflite measure``)."""
+    from rich.table import Table
+
+    machines = ", ".join(dict.fromkeys(f"{c['machine']} ({c['cpu']})" for c in section["configs"]))
+    table = Table(title=f"Measured on QEMU {machines}: instruction counts, not cycles")
+    for i, (header, _) in enumerate(COLUMNS):
+        table.add_column(header.replace("bit-exact vs Python TFLM", "bit-exact"),
+                         justify="left" if i < 2 else "right")
+    for r in section["rows"]:
+        table.add_row(*row_cells(r))
+    table.caption = (f"{ratio_sentence(section)} reserved = the arena a device reserves: "
+                     f"{section['arena_rule']}.")
+    return table

@@ -74,6 +74,20 @@ def test_linux_board_scales_the_host_latency_else_counts_macs():
     assert compute_latency_ms(1_000_000, _board(), host_latency_ms=2.0)[1] == "macs"  # MCU: MACs
 
 
+def test_measured_instructions_times_cpi_beat_the_mac_model_on_an_emulated_core():
+    b = BOARDS["nano33ble"]  # Cortex-M4F at 64 MHz: QEMU emulates its core
+    cpi = b.cost.cycles_per_instruction
+    assert cpi and b.cost.emulated_cpu == "cortex-m4"
+    ms, basis = compute_latency_ms(1_000_000, b, instructions=3_000_000)
+    assert basis == "measured instructions x CPI"
+    assert ms == pytest.approx(3_000_000 * cpi / 64e6 * 1e3)
+    assert compute_latency_ms(1_000_000, b, instructions=None)[1] == "macs"  # not measured
+    assert compute_latency_ms(1_000_000, b, instructions=0)[1] == "macs"
+    no_cpi = BOARDS["esp32"]  # Xtensa: not emulated, the cycles/MAC table stays
+    assert no_cpi.cost.cycles_per_instruction is None
+    assert compute_latency_ms(1_000_000, no_cpi, instructions=3_000_000)[1] == "macs"
+
+
 def test_latency_is_linear_in_macs_and_inverse_in_clock():
     b = BOARDS["nano33ble"]
     one, two = estimate(10_000, 40, b), estimate(20_000, 40, b)

@@ -25,9 +25,12 @@ from nonn_tflite.commands.common import common_options, is_quiet
 @click.option("--parity-samples", default=32, show_default=True, type=click.IntRange(min=1),
               help="Test images run through TFLM and LiteRT (reference kernels) for parity.")
 @click.option("--force", is_flag=True, help="Redo a finished convert stage.")
+@click.option("--measure", "measure_on", type=click.Choice(["qemu"]), default=None,
+              help="Then measure the models on emulated Cortex-M4 and M55 (CMSIS-NN and "
+                   "reference kernels), as `nonn-tflite measure RUN_DIR` does.")
 @common_options
 def convert(run_dir: str, boards: str | None, no_board: bool, calibration: int, seed: int,
-            latency_runs: int, parity_samples: int, force: bool) -> None:
+            latency_runs: int, parity_samples: int, force: bool, measure_on: str | None) -> None:
     """Convert a distilled run to int8 TFLite Micro models, verify, measure and report.
 
     \b
@@ -37,13 +40,26 @@ def convert(run_dir: str, boards: str | None, no_board: bool, calibration: int, 
     Examples:
       nonn-tflite convert runs/digits-k2
       nonn-tflite convert runs/c10 --board esp32 --calibration 500
+      nonn-tflite convert runs/digits-k2 --measure qemu   # + measured on emulated M4/M55
     """
     from nonn_tflite.convert import ConvertOptions
 
     names = [] if no_board else ([b.strip() for b in boards.split(",")] if boards else None)
-    convert_and_report(run_dir, ConvertOptions(calibration=calibration, seed=seed, boards=names,
-                                               latency_runs=latency_runs,
-                                               parity_samples=parity_samples, force=force))
+    if measure_on:  # fail before the conversion when the toolchain is missing
+        from firmware_bridge.qemu import check_tools, tflm_tree
+
+        check_tools()
+        tflm_tree("cmsis-nn")
+        tflm_tree("reference")
+    result = convert_and_report(run_dir, ConvertOptions(calibration=calibration, seed=seed,
+                                                        boards=names, latency_runs=latency_runs,
+                                                        parity_samples=parity_samples,
+                                                        force=force))
+    if measure_on == "qemu":
+        from nonn_tflite.commands.measure import (DEFAULT_CPUS, DEFAULT_KERNELS, configs_from,
+                                                  measure_and_print)
+
+        measure_and_print(result.tflite_dir, configs_from(DEFAULT_CPUS, DEFAULT_KERNELS))
 
 
 def convert_and_report(run_dir: str | Path, options=None, *, force: bool = False):
