@@ -52,6 +52,17 @@ CREDENTIALS_OPTION = click.option(
          "client certificate; its broker URL unless --broker is given).")
 
 
+WINDOW_OPTION = click.option(
+    "--window", type=click.IntRange(min=1), metavar="N",
+    help="Frames the source's scoreboard remembers for scoring  [default: 4,096]: bounded "
+         "memory on long runs; its counts and accuracy cover the whole run.")
+
+
+def _window(window: int | None) -> dict:
+    """SourceConfig/DemoConfig keyword for --window (their own default when not given)."""
+    return {} if window is None else {"window": window}
+
+
 def _broker(url: str, cafile, certfile, keyfile, insecure: bool, protocol: str,
             credentials: str | None = None):
     from nonn_tflite.live.mqtt import BrokerConfig
@@ -206,10 +217,11 @@ def fusion(run: Path, broker_url: str, cafile, certfile, keyfile, insecure, prot
               help="Write accuracy and latency as JSON.")
 @click.option("--client-id", help="MQTT client id.")
 @CREDENTIALS_OPTION
+@WINDOW_OPTION
 @common_options
 def source(run: Path, broker_url: str, cafile, certfile, keyfile, insecure, protocol,
            rate: float, frames, images, npz, drain: float, summary, client_id,
-           credentials) -> None:
+           credentials, window: int | None) -> None:
     """Act as the camera: publish test images at a fixed rate and score the predictions.
 
     Images come from RUN/tflite/test_sample.npz unless --images or --npz is given; labels stay
@@ -226,7 +238,7 @@ def source(run: Path, broker_url: str, cafile, certfile, keyfile, insecure, prot
     data = load_images(dep, run, images, npz)
     broker = _broker(broker_url, cafile, certfile, keyfile, insecure, protocol, credentials)
     node = SourceNode(dep, broker, data, SourceConfig(rate=rate, frames=frames, drain_s=drain,
-                                                      client_id=client_id))
+                                                      client_id=client_id, **_window(window)))
     node.start()
     from nonn_tflite.web.source_stats import SourceStats  # stats/source, for dashboards
 
@@ -238,7 +250,7 @@ def source(run: Path, broker_url: str, cafile, certfile, keyfile, insecure, prot
         if time.monotonic() - last[0] >= 1.0 and not is_quiet():
             last[0] = time.monotonic()
             acc = node.score.accuracy
-            click.echo(f"  sent {n}/{node.total} predicted {len(node.score.predictions)} "
+            click.echo(f"  sent {n}/{node.total} predicted {node.score.answered} "
                        f"acc {'-' if acc is None else f'{acc:.3f}'}")
 
     guard_interrupts("source")
@@ -247,7 +259,7 @@ def source(run: Path, broker_url: str, cafile, certfile, keyfile, insecure, prot
     finally:
         score_stats.stop()  # the final figures, before the source disconnects
         node.stop()
-    result = {"frames": score.frames, "predicted": len(score.predictions),
+    result = {"frames": score.frames, "predicted": score.answered, "expired": score.expired,
               "accuracy": score.accuracy, "duplicates": score.duplicates,
               "rejected": node.decoder.rejected,
               "latency_ms": {"p50": score.latency_ms.p(50), "p99": score.latency_ms.p(99)}}
@@ -352,10 +364,12 @@ def broker_config(run: Path, out: Path, tls: bool, host: str, port, bind, names,
 @click.option("--host", default=None, metavar="ADDR",
               help="Address of the --web page  [default: 127.0.0.1; 0.0.0.0 exposes it].")
 # ---- end of web dashboard options ----
+@WINDOW_OPTION
 @common_options
 def demo(run: Path, broker_url, cafile, certfile, keyfile, insecure, protocol, rate: float,
          frames, kills, summary, no_dashboard: bool, deadline_ms, fusion_workers: int, images,
-         npz, xnnpack: bool, log_dir, secure: bool, web: bool, port, host) -> None:
+         npz, xnnpack: bool, log_dir, secure: bool, web: bool, port, host,
+         window: int | None) -> None:
     """Run the whole system locally: broker, K devices, fusion, source and a live dashboard.
 
     Every device and fusion worker is its own process. Ends with a summary table comparing the
@@ -384,7 +398,7 @@ def demo(run: Path, broker_url, cafile, certfile, keyfile, insecure, protocol, r
     config = DemoConfig(run=run, broker=broker, rate=rate, frames=frames,
                         kills=tuple(parse_kill(k) for k in kills), deadline_ms=deadline_ms,
                         fusion_workers=fusion_workers, xnnpack=xnnpack, images=images, npz=npz,
-                        log_dir=log_dir, secure=secure)
+                        log_dir=log_dir, secure=secure, **_window(window))
     live = not no_dashboard and sys.stdout.isatty() and not is_quiet()
     d = Demo(config)
     # ---- web dashboard (--web) ----

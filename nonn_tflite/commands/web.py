@@ -8,7 +8,7 @@ from pathlib import Path
 import click
 
 from nonn_tflite.commands.common import common_options, guard_interrupts, is_quiet
-from nonn_tflite.commands.live import broker_option, tls_options
+from nonn_tflite.commands.live import CREDENTIALS_OPTION, _broker, broker_option, tls_options
 
 
 def _say(text: str) -> None:
@@ -29,32 +29,32 @@ def _say(text: str) -> None:
               help="Port of the page (0 picks a free one).")
 @click.option("--duration", type=click.FloatRange(min=0), metavar="S",
               help="Stop after S seconds (default: until Ctrl-C).")
+@CREDENTIALS_OPTION
 @common_options
 def dashboard(run: Path | None, name: str | None, broker_url: str, cafile, certfile, keyfile,
-              insecure, protocol, host: str, port: int, duration: float | None) -> None:
+              insecure, protocol, host: str, port: int, duration: float | None,
+              credentials: str | None) -> None:
     """Serve a live dashboard page for a deployment whose nodes run anywhere.
 
     The page learns everything from the broker: the image of each frame, the top-3 prediction,
     every device's status, inference time and bytes per frame, the fusion's partial frames,
-    and the source's ground truth, running accuracy and latency (from stats/source).
+    and the source's ground truth, running accuracy and latency (from stats/source). On a
+    broker from `nonn-tflite broker-config`, connect as its read-only dashboard user.
 
     \b
     Examples:
       nonn-tflite dashboard runs/c10 --broker mqtt://gw.local:1883
       nonn-tflite dashboard --deployment digits-k2 --broker mqtt://127.0.0.1:1883 --port 9000
+      nonn-tflite dashboard runs/c10 --credentials cfg/nodes/dashboard/credentials.json
     """
     from nonn_tflite.web.app import WebDashboard
 
     info = _deployment_info(run, name)
+    broker = _broker(broker_url, cafile, certfile, keyfile, insecure, protocol, credentials)
     page = WebDashboard(info, host, port).start()
     try:
-        from nonn_tflite.live.mqtt import BrokerConfig
-
-        page.connect(BrokerConfig.from_url(broker_url, cafile=cafile, certfile=certfile,
-                                           keyfile=keyfile, insecure=insecure,
-                                           protocol=protocol))
-        _say(f"dashboard of {info.name} from {broker_url.split('@')[-1]}: {page.banner}; "
-             "Ctrl-C stops it")
+        page.connect(broker)
+        _say(f"dashboard of {info.name} from {broker.url}: {page.banner}; Ctrl-C stops it")
         _serve(duration)
     finally:
         page.stop()

@@ -31,7 +31,7 @@ from nonn_tflite.live.mqtt import BrokerConfig
 from nonn_tflite.live.secure import BrokerSetup
 from nonn_tflite.live.offline import OfflineSystem
 from nonn_tflite.live.protocol import HEADER_SIZE
-from nonn_tflite.live.source import ImageSet, SourceConfig, SourceNode, load_images
+from nonn_tflite.live.source import WINDOW, ImageSet, SourceConfig, SourceNode, load_images
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +71,35 @@ class DemoConfig:
     drain_s: float = 3.0
     log_dir: Path | None = None
     secure: bool = False  # own mosquitto: per-node client certificates and an ACL
+    window: int = WINDOW  # frames the source's scoreboard remembers (its counters: whole run)
+
+
+@dataclass
+class OfflineTally:
+    """The live answers against the offline int8 system, over the whole run (the scoreboard
+    keeps only a window of frames): fed by :attr:`Scoreboard.on_answer`."""
+
+    offline: dict[int, int]   # image index -> offline int8 class
+    answered: int = 0
+    agree: int = 0
+    scored: int = 0           # answered frames with a label
+    offline_correct: int = 0
+
+    def add(self, index: int, label: int, cls: int) -> None:
+        expected = self.offline[index]
+        self.answered += 1
+        self.agree += int(expected == cls)
+        if label >= 0:
+            self.scored += 1
+            self.offline_correct += int(expected == label)
+
+    @property
+    def offline_accuracy(self) -> float | None:
+        return self.offline_correct / self.scored if self.scored else None
+
+    @property
+    def agreement(self) -> float | None:
+        return self.agree / self.answered if self.answered else None
 
 
 @dataclass
@@ -128,6 +157,7 @@ class Demo:
         self.monitor: Monitor | None = None
         self.source: SourceNode | None = None
         self.offline: dict[int, int] = {}
+        self.tally = OfflineTally(self.offline)
         self.hooks = DemoHooks()  # --web
         self.secure: BrokerSetup | None = None  # --secure: the broker-config it wrote
         if config.secure and config.broker is not None:
@@ -212,7 +242,10 @@ class Demo:
         self._wait_online(t_spawn)
         self.source = SourceNode(self.deployment, self._node_broker("source"), self.images,
                                  SourceConfig(
-            rate=self.config.rate, frames=self.config.frames, drain_s=self.config.drain_s))
+            rate=self.config.rate, frames=self.config.frames, drain_s=self.config.drain_s,
+            window=self.config.window))
+        self.tally = OfflineTally(self.offline)
+        self.source.score.on_answer = self.tally.add
         self.source.start()
         if self.hooks.source_ready is not None:  # --web
             self.hooks.source_ready(self.source)
@@ -359,9 +392,9 @@ class Demo:
             deployment=self.deployment.name, broker=self.broker.url if self.broker else "-",
             elapsed_s=elapsed, sent=self.state.sent,
             total=self.source.total if self.source else 0,
-            predicted=len(score.predictions) if score else 0,
+            predicted=score.answered if score else 0,
             accuracy=score.accuracy if score else None,
-            offline_accuracy=self._offline_accuracy(score) if score else None,
+            offline_accuracy=self.tally.offline_accuracy if score else None,
             p50_ms=score.latency_ms.p(50) if score else None,
             p99_ms=score.latency_ms.p(99) if score else None,
             devices=devices, fusion=fusion_totals(stats),
@@ -371,17 +404,11 @@ class Demo:
     def _source_rejected(self) -> int:
         return self.source.decoder.rejected if self.source else 0
 
-    def _offline_accuracy(self, score) -> float | None:
-        """Offline int8 accuracy on exactly the frames that were predicted live."""
-        rows = [(index, label) for _, index, label, _ in score.rows() if label >= 0]
-        hits = sum(self.offline[index] == label for index, label in rows)
-        return hits / len(rows) if rows else None
-
     def summary(self) -> dict:
+        """Counts from the scoreboard's run counters and the offline tally (whole run), never
+        from its window of per-frame records."""
         score = self.source.score
         _, stats = self.monitor.snapshot()
-        rows = score.rows()
-        agree = [self.offline[index] == cls for _, index, _, cls in rows]
         fusion = fusion_totals(stats)
         by_reason = rejected_total(stats)
         for reason, n in self.source.decoder.counters.items():
@@ -398,10 +425,10 @@ class Demo:
             "secure": self.secure is not None,
             "broker_config": str(self.secure.folder) if self.secure else None,
             "frames": score.frames,
-            "predicted": len(rows),
+            "predicted": score.answered,
             "accuracy": score.accuracy,
-            "offline_accuracy": self._offline_accuracy(score),
-            "agreement_with_offline": float(np.mean(agree)) if agree else None,
+            "offline_accuracy": self.tally.offline_accuracy,   # on exactly the frames answered
+            "agreement_with_offline": self.tally.agreement,
             "complete_frames": fusion["complete"],
             "partial_frames": fusion["partial"],
             "late": fusion["late"], "duplicates": fusion["duplicate"],
@@ -412,7 +439,7 @@ class Demo:
                                             for n, s in stats.items() if n.startswith("device")),
                         "fusion_queue": fusion["queue_dropped"],
                         "source_unsent": self.source.send_failed,
-                        "unanswered": score.frames - len(rows)},
+                        "unanswered": score.frames - score.answered},
             "latency_ms": {"p50": score.latency_ms.p(50), "p99": score.latency_ms.p(99)},
             "bytes_per_frame": devices,
             "image_bytes_per_frame": HEADER_SIZE + self.deployment.image_size,

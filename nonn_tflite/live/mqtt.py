@@ -250,9 +250,12 @@ class Connection:
     def _on_connect(self, client, userdata, flags, reason_code, properties) -> None:
         if reason_code.is_failure:
             self._refusal = reason_code.getName()
-            log.warning("broker %s refused connection: %s", self.broker.url, self._refusal)
             if not self.connected.is_set() and self.connects == 0:
+                # at start-up the refusal becomes start()'s one-line error: no second line
+                log.debug("broker %s refused connection: %s", self.broker.url, self._refusal)
                 client.disconnect()  # do not hammer a broker that refuses us at start-up
+            else:
+                log.warning("broker %s refused connection: %s", self.broker.url, self._refusal)
             self._first.set()
             return
         _set_nodelay(client)
@@ -293,8 +296,9 @@ class Connection:
     def _start_error(self) -> BrokerError:
         url = self.broker.url
         if self._refusal in _AUTH_FAILURES:
-            hint = ("give user:password in the --broker URL" if self.broker.username is None
-                    else "check the user name and password in the --broker URL")
+            hint = ("give user:password in the --broker URL, or --credentials"
+                    if self.broker.username is None
+                    else "check the user name and password (--broker URL or --credentials)")
             return BrokerAuthError(f"broker {url} refused the connection: "
                                    f"{self._refusal.lower()} ({hint})")
         if self._refusal is not None:

@@ -158,7 +158,11 @@ class Scoreboard:
 
     ``labels``, ``indices`` and ``predictions`` hold the latest ``window`` frames sent (a frame
     whose answer has not come by the time it leaves the window counts as ``expired``); the
-    counters (``frames``, ``answered``, ``scored``, ``correct``) cover the whole run.
+    counters (``frames``, ``answered``, ``scored``, ``correct``) cover the whole run, so
+    figures for a run are read from them, never from the lengths of the dicts.
+    ``on_answer(index, label, cls)``, when set, sees every answered frame once (under the
+    lock), for tallies over the whole run that need more than the label (the demo's
+    agreement with the offline system).
     """
 
     session: int = 0
@@ -175,6 +179,7 @@ class Scoreboard:
     correct: int = 0
     scored: int = 0
     last_prediction: float = 0.0
+    on_answer: Callable[[int, int, int], None] | None = None
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def sent(self, seq: int, index: int, label: int) -> None:
@@ -205,6 +210,8 @@ class Scoreboard:
             if label >= 0:
                 self.scored += 1
                 self.correct += int(cls == label)
+            if self.on_answer is not None:
+                self.on_answer(self.indices[frame.seq], label, cls)
 
     def rows(self) -> list[tuple[int, int, int, int]]:
         """(seq, image index, label, predicted class) of every answered frame in the window."""

@@ -80,7 +80,7 @@ class WebDashboard:
         score = stats.node.score if stats is not None else None
         complete = score is not None and score.frames == stats.node.total
         if complete and stats.node.conn.connected.is_set():
-            want = (score.frames, len(score.predictions))
+            want = (score.frames, score.answered)
             if not self.state.wait_for(lambda s: not s.connected or (
                     s.source.get("sent"), s.source.get("predicted")) == want, FINAL_WAIT_S):
                 log.debug("final source stats did not reach the web state in time")

@@ -58,9 +58,10 @@ class SourceStats:
         with score._lock:  # the scoreboard's own lock: one consistent set of counters
             truth = [[seq, label] for seq, label in islice(reversed(score.labels.items()),
                                                             self.recent)]
-            out = {"node": self.node.config.node, "kind": "source", "sent": len(score.labels),
-                   "total": self.node.total, "predicted": len(score.predictions),
-                   "scored": score.scored, "correct": score.correct, "accuracy": score.accuracy,
+            # run counters, not the scoreboard's window (its dicts hold the latest frames only)
+            out = {"node": self.node.config.node, "kind": "source", "sent": score.frames,
+                   "total": self.node.total, "predicted": score.answered,
+                   "expired": score.expired, "scored": score.scored, "correct": score.correct, "accuracy": score.accuracy,
                    "duplicates": score.duplicates, "latency_ms_p50": score.latency_ms.p(50),
                    "latency_ms_p99": score.latency_ms.p(99)}
         return {**out, "send_failed": self.node.send_failed, "truth": truth[::-1],
