@@ -328,11 +328,13 @@ def measure_run(run_dir: Path | str, configs=DEFAULT_CONFIGS, *, samples: int = 
                                 (report["fusion"]["input"]["scale"],
                                  report["fusion"]["input"]["zero_point"])))
     f = report["fusion"]
+    log.info("measuring %s on %s", f["file"], ", ".join(c.key for c in configs))
     results[f["file"]] = measure_model("fusion", (tdir / f["file"]).read_bytes(),
                                        np.concatenate(feats, axis=1), configs, link=link)
     if teacher:
         t = report["teacher"]
         data = (tdir / t["file"]).read_bytes()
+        log.info("measuring %s on %s", t["file"], ", ".join(c.key for c in configs))
         results[t["file"]] = measure_model("teacher", data,
                                            images_to_int8(x, q(t)).reshape(len(x), -1),
                                            configs, link=link)
