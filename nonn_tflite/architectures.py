@@ -1,12 +1,16 @@
 """Teacher and student networks, built only from ops that full-integer TFLite and TFLM run.
 
 Teachers: WRN-d-k (Zagoruyko & Komodakis), ResNet-20/ResNet-8 (He et al.; ResNet-8 is the
-MLPerf Tiny image-classification reference). Their last 4-D feature map is the layer named
-``features`` (after the final BN+ReLU, before global pooling): the map NoNN partitions.
+MLPerf Tiny image-classification reference), and ``airbench`` (Jordan 2024, see :func:`airbench`).
+Their last 4-D feature map is the layer named ``features`` (after the final BN+ReLU, before
+global pooling): the map NoNN partitions.
 
-Students: a ResNet-style family parameterised by ``width`` and ``blocks`` per stage, ending in
+Students: two families, both parameterised by ``width`` and ``blocks`` per stage and ending in
 a 1x1 conv to the partition's width |P_k|, BN, ReLU and global average pooling. The pooled
-|P_k|-vector is all a device transmits. Conv2D, BatchNorm (folded at conversion), ReLU, Add,
+|P_k|-vector is all a device transmits. ``resnet`` (the default): basic residual blocks of
+3x3 convs. ``mbv2``: MobileNetV2 inverted residuals (1x1 expand, 3x3 depthwise, 1x1 linear
+project), whose DEPTHWISE_CONV_2D has optimised CMSIS-NN and ESP-NN kernels. Conv2D,
+DepthwiseConv2D, BatchNorm (folded at conversion), ReLU, Add, MaxPooling2D,
 GlobalAveragePooling2D and Dense only.
 """
 
@@ -15,9 +19,13 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+import numpy as np
+
 from nonn_tflite.errors import UsageError
 
-TEACHER_ARCHS = "wrn-<depth>-<width> (e.g. wrn-16-2, wrn-16-4, wrn-40-4), resnet-20, resnet-8"
+TEACHER_ARCHS = ("wrn-<depth>-<width> (e.g. wrn-16-2, wrn-16-4, wrn-40-4), resnet-20, resnet-8, "
+                 "airbench")
+STUDENT_FAMILIES = ("resnet", "mbv2")
 
 
 def _keras():
@@ -43,8 +51,15 @@ def _relu(x, name: str):
 
 # -- teachers -------------------------------------------------------------------------------
 
-def build_teacher(arch: str, input_shape: tuple[int, int, int], num_classes: int, wd: float = 5e-4):
-    """A teacher by name; see :data:`TEACHER_ARCHS`."""
+def build_teacher(arch: str, input_shape: tuple[int, int, int], num_classes: int, wd: float = 5e-4,
+                  x_train: np.ndarray | None = None):
+    """A teacher by name; see :data:`TEACHER_ARCHS`. ``airbench`` computes its frozen whitening
+    layer from ``x_train`` (uint8 training images), so it needs them."""
+    if arch == "airbench":
+        if x_train is None:
+            raise UsageError("--arch airbench computes its whitening layer from the training "
+                             "images; none were given")
+        return airbench(input_shape, num_classes, whitening_weights(x_train))
     m = re.fullmatch(r"wrn-(\d+)-(\d+)", arch)
     if m:
         depth, width = int(m.group(1)), int(m.group(2))
@@ -119,18 +134,123 @@ def resnet(blocks: int, widths: tuple[int, ...], input_shape, num_classes: int, 
     return keras.Model(inp, out, name=name)
 
 
+# -- airbench --------------------------------------------------------------------------------
+
+AIRBENCH_WIDTHS = (64, 256, 256)
+AIRBENCH_BN_MOMENTUM = 0.4  # Keras convention (1 - PyTorch's 0.6 in airbench94)
+AIRBENCH_LOGIT_SCALE = 1 / 9
+
+
+def whitening_weights(x_uint8: np.ndarray, patch: int = 2, eps: float = 5e-4,
+                      max_images: int = 5000) -> tuple[np.ndarray, np.ndarray]:
+    """(kernel (p, p, C, 2pC), bias (2pC,)) of a conv that whitens the p x p patches of the
+    training images: the covariance's eigenvectors scaled by 1/sqrt(eigenvalue + eps), and their
+    negatives (as in airbench, so a ReLU after it keeps both signs).
+
+    Computed on the first ``max_images`` images in [0, 1] units, with the patch mean folded into
+    the bias (airbench normalises the input by mean/std first; whitening undoes the per-channel
+    scale anyway, so the same layer works on the devices' [0, 1] input). ``eps`` is relative to
+    the mean patch variance, which is what airbench's absolute 5e-4 is on normalised inputs.
+    """
+    x = np.asarray(x_uint8[:max_images], np.float64) / 255.0
+    c = x.shape[-1]
+    dim = patch * patch * c
+    total, outer, count = np.zeros(dim), np.zeros((dim, dim)), 0
+    for start in range(0, len(x), 500):
+        win = np.lib.stride_tricks.sliding_window_view(x[start:start + 500], (patch, patch), axis=(1, 2))
+        # (N, H', W', C, kh, kw) -> rows in Keras kernel order (kh, kw, C)
+        rows = win.transpose(0, 1, 2, 4, 5, 3).reshape(-1, dim)
+        total += rows.sum(0)
+        outer += rows.T @ rows
+        count += len(rows)
+    mean = total / count
+    cov = outer / count - np.outer(mean, mean)
+    lam, vec = np.linalg.eigh(cov)
+    lam = np.maximum(lam, 0.0)
+    k = vec / np.sqrt(lam + eps * np.trace(cov) / dim)
+    kernel = np.concatenate([k, -k], axis=1)
+    bias = -mean @ kernel
+    return (kernel.reshape(patch, patch, c, 2 * dim).astype(np.float32), bias.astype(np.float32))
+
+
+def airbench(input_shape, num_classes: int, whitening: tuple[np.ndarray, np.ndarray],
+             widths: tuple[int, int, int] = AIRBENCH_WIDTHS, wd: float = 0.0):
+    """airbench94's network (Jordan 2024, "94% on CIFAR-10 in 3.29 Seconds on a Single GPU",
+    arXiv 2404.00498; github.com/KellerJordan/cifar10-airbench), in Keras for full-int8 TFLM.
+
+    whitening conv (2x2, valid, frozen) -> act -> 3 conv groups (64, 256, 256): conv3x3 ->
+    maxpool 2 -> BN -> act -> conv3x3 -> BN -> act; -> global max pool -> Dense (no bias) x 1/9.
+    About 2.0 M parameters on CIFAR-10.
+
+    Changed from the paper, and why:
+
+    * ReLU instead of GELU: TFLite Micro has no GELU kernel (not in its op resolver), and the
+      int8 teacher must run on TFLM like every other model here.
+    * The whitening layer is fully frozen, bias included (airbench trains its bias for the
+      first 3 epochs); the patch mean is folded into that bias instead of normalising inputs.
+    * A group max-pools only while its map is at least 4x4 (8x8 digits keep a 3x3 map), and the
+      final MaxPool(3) is a pool over the whole map (the same op on CIFAR-10's 3x3).
+    * BatchNorm has no scale (airbench freezes it at 1) and eps 1e-5 instead of 1e-12; the
+      second conv of each group starts as identity (airbench's dirac init), the rest He-normal.
+
+    The recipe (label smoothing, schedule, lookahead, TTA) is in :mod:`nonn_tflite.training`.
+    """
+    keras = _keras()
+    kernel, bias = whitening
+    inp = keras.Input(shape=input_shape, name="image")
+    x = keras.layers.Conv2D(kernel.shape[-1], kernel.shape[0], padding="valid", use_bias=True,
+                            trainable=False, name="whiten",
+                            kernel_initializer=keras.initializers.Constant(kernel),
+                            bias_initializer=keras.initializers.Constant(bias))(inp)
+    x = _relu(x, "whiten_relu")
+    size = min(input_shape[:2]) - kernel.shape[0] + 1
+    for g, w in enumerate(widths):
+        p = f"g{g}"
+        x = _conv(x, w, 3, 1, f"{p}_conv1", wd)
+        if size >= 4:
+            x = keras.layers.MaxPooling2D(2, name=f"{p}_pool")(x)
+            size //= 2
+        x = _relu(_airbench_bn(x, f"{p}_bn1"), f"{p}_relu1")
+        x = _conv(x, w, 3, 1, f"{p}_conv2", wd)
+        last = g == len(widths) - 1
+        x = _relu(_airbench_bn(x, f"{p}_bn2"), "features" if last else f"{p}_relu2")
+    x = keras.layers.MaxPooling2D(tuple(int(d) for d in x.shape[1:3]), name="pool")(x)
+    x = keras.layers.Flatten(name="flatten")(x)
+    x = keras.layers.Dense(num_classes, use_bias=False, name="head",
+                           kernel_regularizer=keras.regularizers.L2(wd) if wd else None)(x)
+    out = keras.layers.Rescaling(AIRBENCH_LOGIT_SCALE, name="logits")(x)
+    model = keras.Model(inp, out, name="airbench")
+    for g in range(len(widths)):  # dirac init: the second conv of each group starts as identity
+        layer = model.get_layer(f"g{g}_conv2")
+        eye = np.zeros(layer.kernel.shape, np.float32)
+        eye[1, 1] = np.eye(eye.shape[2], eye.shape[3], dtype=np.float32)
+        layer.kernel.assign(eye)
+    return model
+
+
+def _airbench_bn(x, name: str):
+    return _keras().layers.BatchNormalization(momentum=AIRBENCH_BN_MOMENTUM, epsilon=1e-5,
+                                              scale=False, name=name)(x)
+
+
 # -- students -------------------------------------------------------------------------------
 
 @dataclass(frozen=True)
 class StudentSpec:
-    """Shape of one student: base ``width`` (doubling per stage) and residual ``blocks``/stage."""
+    """Shape of one student: base ``width`` (doubling per stage) and residual ``blocks``/stage;
+    ``family`` resnet (basic blocks) or mbv2 (inverted residuals expanding ``expansion``-fold;
+    an mbv2 stage always has at least one block)."""
 
     width: int
     blocks: int
     out_channels: int
     stages: int = 3
+    family: str = "resnet"
+    expansion: int = 4  # mbv2 only
 
     def describe(self) -> str:
+        if self.family == "mbv2":
+            return f"mbv2 w{self.width} b{self.blocks} e{self.expansion} -> {self.out_channels}"
         return f"resnet w{self.width} b{self.blocks} -> {self.out_channels}"
 
 
@@ -141,12 +261,20 @@ def default_stages(input_shape: tuple[int, int, int]) -> int:
 def build_student(spec: StudentSpec, input_shape, index: int, wd: float = 5e-4):
     """Student ``index``: image -> (map for attention transfer, pooled vector to transmit)."""
     keras = _keras()
+    if spec.family not in STUDENT_FAMILIES:
+        raise UsageError(f"unknown student family {spec.family!r}; expected one of "
+                         f"{', '.join(STUDENT_FAMILIES)}")
     p = f"s{index}"
     inp = keras.Input(shape=input_shape, name=f"{p}_image")
     x = _relu(_bn(_conv(inp, spec.width, 3, 1, f"{p}_stem", wd), f"{p}_stem_bn"), f"{p}_stem_relu")
     strides = _stage_strides(input_shape, spec.stages)
     for s, stride in enumerate(strides):
         w = spec.width * 2**s
+        if spec.family == "mbv2":
+            for b in range(max(1, spec.blocks)):
+                x = _inverted_residual(x, w, stride if b == 0 else 1, spec.expansion,
+                                       f"{p}_s{s}b{b}", wd)
+            continue
         if spec.blocks == 0 and s > 0:  # plain strided conv stage: the tiniest students
             x = _relu(_bn(_conv(x, w, 3, stride, f"{p}_c{s}", wd), f"{p}_c{s}_bn"), f"{p}_c{s}_relu")
         for b in range(spec.blocks):
@@ -156,6 +284,25 @@ def build_student(spec: StudentSpec, input_shape, index: int, wd: float = 5e-4):
     fmap = _relu(x, f"{p}_map")
     vec = keras.layers.GlobalAveragePooling2D(name=f"{p}_vector")(fmap)
     return keras.Model(inp, [fmap, vec], name=f"student_{index}")
+
+
+def _inverted_residual(x, filters: int, stride: int, expansion: int, p: str, wd: float):
+    """MobileNetV2 block: 1x1 expand + ReLU, 3x3 depthwise + ReLU, 1x1 linear projection, and
+    the identity added when the shapes match (Sandler et al. 2018; ReLU, not ReLU6: both are
+    fused into the int8 conv, and ReLU keeps the calibrated range tight)."""
+    keras = _keras()
+    cin = int(x.shape[-1])
+    y = x
+    if expansion > 1:
+        y = _relu(_bn(_conv(y, cin * expansion, 1, 1, f"{p}_expand", wd), f"{p}_expand_bn"),
+                  f"{p}_expand_relu")
+    y = keras.layers.DepthwiseConv2D(3, strides=stride, padding="same", use_bias=False,
+                                     depthwise_initializer="he_normal", name=f"{p}_dw")(y)
+    y = _relu(_bn(y, f"{p}_dw_bn"), f"{p}_dw_relu")
+    y = _bn(_conv(y, filters, 1, 1, f"{p}_project", wd), f"{p}_project_bn")
+    if stride == 1 and cin == filters:
+        y = keras.layers.Add(name=f"{p}_add")([x, y])
+    return y
 
 
 def deployable_student(student):

@@ -92,6 +92,11 @@ class DistillConfig:
     cache_teacher: bool = False
     budget: BudgetConfig = field(default_factory=BudgetConfig)
     train: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=40))
+    # Augmented, consistent distillation (nonn_tflite/views.py): with views > 1 the teacher's
+    # logits and partition attention maps are cached for this many flip/shift views of every
+    # training image (view 0 the image itself) and each batch shows a student the very view
+    # its targets came from. 1 keeps the behaviour above (online teacher or cache_teacher).
+    views: int = 1
 
 
 def to_dict(cfg: Any) -> dict:

@@ -56,6 +56,14 @@ def at_loss(student_map, teacher_map):
     return ops.mean(ops.sum(ops.square(diff), axis=-1))
 
 
+def at_loss_to_target(student_map, target, size: tuple[int, int]):
+    """:func:`at_loss` against a precomputed normalised teacher attention map (N, H*W)."""
+    from keras import ops
+
+    diff = attention_map(student_map, size) - ops.cast(target, "float32")
+    return ops.mean(ops.sum(ops.square(diff), axis=-1))
+
+
 def dropout_mask(batch, p: float, seed_generator):
     """(batch, 1) float mask: 0 with probability p (student offline), else 1. No rescaling,
     because at run time a missing student arrives as zeros, not as a scaled-up vector."""
@@ -69,8 +77,13 @@ def dropout_mask(batch, p: float, seed_generator):
 # -- the ensemble ---------------------------------------------------------------------------
 
 def build_ensemble(teacher_view, students: list, fusion, partitions: list[list[int]],
-                   cfg: DistillConfig, aug_layers: list):
-    """A ``keras.Model`` whose ``compute_loss`` is the NoNN loss; the teacher stays frozen."""
+                   cfg: DistillConfig, aug_layers: list,
+                   attention_targets: tuple[int, int] | None = None):
+    """A ``keras.Model`` whose ``compute_loss`` is the NoNN loss; the teacher stays frozen.
+
+    With ``attention_targets`` (the teacher map's (H, W)), cached inputs carry each student's
+    normalised teacher attention map (N, K, H*W) instead of the whole teacher map (the
+    augmented-view cache, :mod:`nonn_tflite.views`)."""
     import keras
     from keras import ops
 
@@ -120,8 +133,11 @@ def build_ensemble(teacher_view, students: list, fusion, partitions: list[list[i
             ce = ops.mean(keras.losses.sparse_categorical_crossentropy(y, logits, from_logits=True))
             kd = kd_loss(y_pred["t_logits"], logits, cfg.tau)
             at = 0.0
-            for m, part in zip(y_pred["maps"], self.partitions):
-                at = at + at_loss(m, ops.take(y_pred["t_map"], part, axis=-1))
+            for k, (m, part) in enumerate(zip(y_pred["maps"], self.partitions)):
+                if attention_targets is not None:
+                    at = at + at_loss_to_target(m, y_pred["t_map"][:, k], attention_targets)
+                else:
+                    at = at + at_loss(m, ops.take(y_pred["t_map"], part, axis=-1))
             reg = sum((ops.sum(l) for net in [*self.students, self.fusion] for l in net.losses), 0.0)
             for name, value in (("ce", ce), ("kd", kd), ("at", at)):
                 self.trackers[name].update_state(value)
@@ -156,20 +172,56 @@ def distill(ds: Dataset, teacher_view, partitions: list[list[int]], cfg: Distill
 
     if not 0.0 <= cfg.student_dropout < 1.0:
         raise UsageError(f"--student-dropout {cfg.student_dropout} must be in [0, 1)")
+    if cfg.views < 1:
+        raise UsageError(f"--views {cfg.views} must be at least 1")
     set_seed(cfg.train.seed)
     wd = cfg.train.weight_decay
     students = [build_student(e.spec, ds.input_shape, k, wd) for k, e in enumerate(estimates)]
     fusion = build_fusion(sum(len(p) for p in partitions), ds.num_classes, wd)
-    model = build_ensemble(teacher_view, students, fusion, partitions, cfg, augmentation_layers(ds))
+    cbs = callbacks(cfg.train, "val_accuracy", f"students x{len(students)}", quiet)
     steps = int(np.ceil(len(ds.y_train) / cfg.train.batch_size))
-    model.compile(optimizer=optimizer(cfg.train, steps))
-    x_train, x_val = _inputs(teacher_view, ds.x_train, cfg), _inputs(teacher_view, ds.x_val, cfg)
-    history = model.fit(x_train, ds.y_train, batch_size=cfg.train.batch_size,
-                        epochs=cfg.train.epochs, validation_data=(x_val, ds.y_val),
-                        callbacks=callbacks(cfg.train, "val_accuracy",
-                                            f"students x{len(students)}", quiet), verbose=0)
+    if cfg.views > 1:
+        model, history, extra = _fit_views(ds, teacher_view, students, fusion, partitions, cfg,
+                                           steps, cbs)
+    else:
+        model = build_ensemble(teacher_view, students, fusion, partitions, cfg,
+                               augmentation_layers(ds))
+        model.compile(optimizer=optimizer(cfg.train, steps))
+        x_train, x_val = _inputs(teacher_view, ds.x_train, cfg), _inputs(teacher_view, ds.x_val, cfg)
+        history = model.fit(x_train, ds.y_train, batch_size=cfg.train.batch_size,
+                            epochs=cfg.train.epochs, validation_data=(x_val, ds.y_val),
+                            callbacks=cbs, verbose=0)
+        extra = {}
     best = max(history.history.get("val_accuracy", [0.0]))
-    return DistillResult([deployable_student(s) for s in students], fusion, estimates, history, best)
+    return DistillResult([deployable_student(s) for s in students], fusion, estimates, history, best,
+                         extra)
+
+
+def _fit_views(ds: Dataset, teacher_view, students: list, fusion, partitions: list[list[int]],
+               cfg: DistillConfig, steps: int, cbs: list):
+    """Train on the augmented-view cache (``cfg.views`` > 1): the teacher runs once per view
+    before training, never during it; validation sees un-augmented images."""
+    import time
+
+    from nonn_tflite.training import optimizer
+    from nonn_tflite.views import build_view_cache, teacher_targets, view_batches, view_pad
+
+    t0 = time.perf_counter()
+    cache = build_view_cache(teacher_view, ds.x_train, partitions, cfg.views, view_pad(ds),
+                             ds.flippable, cfg.train.seed)
+    val_logits, val_att = teacher_targets(teacher_view, ds.x_val, partitions)
+    extra = {"views": cfg.views, "view_cache_seconds": round(time.perf_counter() - t0, 2),
+             "view_cache_bytes": cache.nbytes()}
+    model = build_ensemble(teacher_view, students, fusion, partitions, cfg, [],
+                           attention_targets=cache.map_size)
+    model.compile(optimizer=optimizer(cfg.train, steps))
+    history = model.fit(view_batches(ds.x_train, ds.y_train, cache, cfg.train.batch_size,
+                                     cfg.train.seed),
+                        epochs=cfg.train.epochs, callbacks=cbs, verbose=0,
+                        validation_data=((to_float(ds.x_val), val_att.astype(np.float32),
+                                          val_logits), ds.y_val),
+                        validation_batch_size=cfg.train.batch_size)
+    return model, history, extra
 
 
 def _inputs(teacher_view, x_uint8: np.ndarray, cfg: DistillConfig):

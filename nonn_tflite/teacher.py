@@ -27,6 +27,8 @@ def train_teacher(ds: Dataset, cfg: TeacherConfig, quiet: bool = False):
     from nonn_tflite.architectures import build_teacher
 
     set_seed(cfg.train.seed)
+    if cfg.arch == "airbench":
+        return train_airbench(ds, cfg, quiet)
     model = build_teacher(cfg.arch, ds.input_shape, ds.num_classes, cfg.train.weight_decay)
     trainer = augmented_classifier(model, augmentation_layers(ds))
     steps = int(np.ceil(len(ds.y_train) / cfg.train.batch_size))
@@ -37,6 +39,38 @@ def train_teacher(ds: Dataset, cfg: TeacherConfig, quiet: bool = False):
                           epochs=cfg.train.epochs, validation_data=(to_float(ds.x_val), ds.y_val),
                           callbacks=callbacks(cfg.train, "val_accuracy", f"teacher {cfg.arch}", quiet),
                           verbose=0)
+    return model, history
+
+
+def train_airbench(ds: Dataset, cfg: TeacherConfig, quiet: bool = False):
+    """airbench's recipe (see :mod:`nonn_tflite.training`): label smoothing 0.2, Nesterov SGD
+    with a triangular schedule scaled to ``cfg.train.batch_size``, lookahead, flips (photos) and
+    2-pixel translations; ``cfg.train`` gives epochs, batch size and seed (its lr, momentum and
+    weight decay are airbench's, logged, not the CLI's). Model selection on validation
+    accuracy as for every teacher; flip TTA is applied at evaluation by the caller
+    (:func:`nonn_tflite.training.flip_tta_logits`), the int8 graph runs one view."""
+    import logging
+
+    import keras
+
+    from nonn_tflite.architectures import build_teacher
+    from nonn_tflite.training import (AIRBENCH_TRANSLATE, airbench_lr, airbench_optimizer,
+                                      lookahead, smoothed_crossentropy)
+
+    model = build_teacher("airbench", ds.input_shape, ds.num_classes, x_train=ds.x_train)
+    trainer = augmented_classifier(model, augmentation_layers(ds, pad=AIRBENCH_TRANSLATE))
+    bs = cfg.train.batch_size
+    steps = int(np.ceil(len(ds.y_train) / bs))
+    logging.getLogger("nonn_tflite").info(
+        "airbench recipe: batch %d, peak lr %.4f (airbench's, scaled to the batch), momentum "
+        "0.85, label smoothing 0.2, lookahead; --lr is not used", bs, airbench_lr(bs))
+    trainer.compile(optimizer=airbench_optimizer(bs, cfg.train.epochs, steps),
+                    loss=smoothed_crossentropy(ds.num_classes),
+                    metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")])
+    cbs = [lookahead(cfg.train.epochs * steps)]
+    cbs += callbacks(cfg.train, "val_accuracy", "teacher airbench", quiet)
+    history = trainer.fit(to_float(ds.x_train), ds.y_train, batch_size=bs, epochs=cfg.train.epochs,
+                          validation_data=(to_float(ds.x_val), ds.y_val), callbacks=cbs, verbose=0)
     return model, history
 
 

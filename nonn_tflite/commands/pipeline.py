@@ -34,7 +34,9 @@ data_options = _stack(
 
 teacher_options = _stack(
     click.option("--arch", default="wrn-16-2", show_default=True,
-                 help="Teacher: wrn-<depth>-<width>, resnet-20 or resnet-8."),
+                 help="Teacher: wrn-<depth>-<width>, resnet-20, resnet-8 or airbench (Jordan "
+                      "2024's ~2 M-parameter whitened conv net and its recipe; its lr, momentum "
+                      "and weight decay are airbench's, scaled to --batch-size)."),
     click.option("--teacher", "teacher_path", type=click.Path(dir_okay=False), default=None,
                  help="Use your own pretrained .keras or .h5 teacher instead of training one."),
     click.option("--teacher-input", default=None, metavar="CONVENTION",
@@ -79,6 +81,10 @@ distill_options = _stack(
                  help="Probability a student's vector is zeroed in training (0 turns it off)."),
     click.option("--cache-teacher", is_flag=True,
                  help="Compute teacher outputs once on un-augmented images (faster on CPU; no augmentation)."),
+    click.option("--views", type=int, default=1, show_default=True,
+                 help="Cache the teacher's outputs for this many flip/shift views of each training "
+                      "image and train on exactly those views (augmented, consistent, no teacher "
+                      "in the loop); 1 keeps the online teacher (or --cache-teacher)."),
 )
 
 
@@ -141,7 +147,7 @@ def _partition_cfg(students: int, method: str, rule: str, top_k: int, percentile
 
 def _distill_cfg(alpha: float, tau: float, beta: float, student_dropout: float, cache_teacher: bool,
                  flash_kb, ram_kb, boards: str | None, max_student_share: float, epochs: int,
-                 batch_size: int, lr: float, seed: int):
+                 batch_size: int, lr: float, seed: int, views: int = 1):
     from nonn_tflite.config import BudgetConfig, DistillConfig, TrainConfig
     from nonn_tflite.errors import UsageError
 
@@ -154,10 +160,13 @@ def _distill_cfg(alpha: float, tau: float, beta: float, student_dropout: float, 
     if not 0 <= student_dropout < 1:
         raise UsageError(f"--student-dropout {student_dropout} must be in [0, 1)")
     _positive("--max-student-share", max_student_share)
+    if views < 1:
+        raise UsageError(f"--views {views} must be at least 1")
     board_list = [b.strip() for b in boards.split(",")] if boards else []
     return DistillConfig(alpha, tau, beta, student_dropout, "resnet", cache_teacher,
                          BudgetConfig(flash_kb, ram_kb, board_list, max_student_share),
-                         TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, seed=seed))
+                         TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, seed=seed),
+                         views=views)
 
 
 shared_options = _stack(
@@ -278,13 +287,14 @@ def partition(run_dir, students, method, rule, top_k, percentile, resolution, fe
 @click.option("--force", is_flag=True, help="Redo distillation of an existing run.")
 @common_options
 def distill(run_dir, flash_kb, ram_kb, boards, max_student_share, alpha, tau, beta, student_dropout,
-            cache_teacher, epochs, seed, batch_size, lr, force):
+            cache_teacher, views, epochs, seed, batch_size, lr, force):
     """Train the K students and the fusion head from the frozen teacher (KD + attention).
 
     \b
     Examples:
       nonn-tflite distill runs/c10 --flash-kb 64 --ram-kb 32
       nonn-tflite distill runs/c10 --board esp32,rp2040 --epochs 60
+      nonn-tflite distill runs/c10 --views 8 --epochs 30
     """
     import_tensorflow_quietly()
     from nonn_tflite.pipeline import run_distill
@@ -292,7 +302,7 @@ def distill(run_dir, flash_kb, ram_kb, boards, max_student_share, alpha, tau, be
 
     run = RunDir.open(run_dir, need="partition")
     cfg = _distill_cfg(alpha, tau, beta, student_dropout, cache_teacher, flash_kb, ram_kb, boards,
-                       max_student_share, epochs, batch_size, lr, seed)
+                       max_student_share, epochs, batch_size, lr, seed, views)
     run_distill(run, cfg, force, is_quiet())
     print_summary(RunDir(run_dir))
 
@@ -314,8 +324,8 @@ def distill(run_dir, flash_kb, ram_kb, boards, max_student_share, alpha, tau, be
 def run(students, out, dataset, data_dir, val_fraction, subset, arch, teacher_path, teacher_input,
         teacher_epochs,
         method, rule, top_k, percentile, resolution, feature_layer, max_images, flash_kb, ram_kb,
-        boards, max_student_share, alpha, tau, beta, student_dropout, cache_teacher, epochs, seed,
-        batch_size, lr, no_convert, force):
+        boards, max_student_share, alpha, tau, beta, student_dropout, cache_teacher, views, epochs,
+        seed, batch_size, lr, no_convert, force):
     """Whole pipeline: teacher -> partition -> distill -> int8 convert + report.
 
     \b
@@ -324,6 +334,10 @@ def run(students, out, dataset, data_dir, val_fraction, subset, arch, teacher_pa
     \b
     CIFAR-10 with 4 ESP32s:
       nonn-tflite run --dataset cifar10 --arch resnet-20 --students 4 --board esp32 --out runs/c10
+    
+    The airbench teacher, students on 8 cached augmented views:
+      nonn-tflite run --dataset cifar10 --arch airbench --teacher-epochs 10 --batch-size 512 \
+          --views 8 --students 4 --out runs/c10-ab
     """
     import_tensorflow_quietly()
     from nonn_tflite.errors import RunDirError
@@ -335,7 +349,7 @@ def run(students, out, dataset, data_dir, val_fraction, subset, arch, teacher_pa
     pcfg = _partition_cfg(students, method, rule, top_k, percentile, resolution, feature_layer,
                           max_images, seed)
     dcfg = _distill_cfg(alpha, tau, beta, student_dropout, cache_teacher, flash_kb, ram_kb, boards,
-                        max_student_share, epochs, batch_size, lr, seed)
+                        max_student_share, epochs, batch_size, lr, seed, views)
     if RunDir(out).manifest and not force:
         raise RunDirError(f"{out} already holds a run; pass --force to redo it or choose another --out")
     quiet = is_quiet()
