@@ -175,3 +175,41 @@ def test_quantize_multiplier_follows_tflm(real, expected):
 def test_a_fusion_with_other_ops_is_refused_for_c(run):
     with pytest.raises(ModelFileError, match="CONV_2D"):
         fc_layers(parse_tflite(run.model("student_0")))
+
+
+# ---- the ESP32 fusion's own glue (main.cpp), run on the host -------------------------------
+
+@pytest.fixture(scope="module")
+def esp32_fusion_glue(cc, c_drivers, esp32_fw):
+    """The generated ESP32 fusion main.cpp linked with its real C sources and host definitions
+    of the Arduino/WiFi/PubSubClient stubs (c/esp32_glue.cpp): MQTT in on stdin, out on
+    stdout. Only the glue's logic is exercised; the ESP32 toolchain cannot be installed here."""
+    from pathlib import Path
+
+    src = esp32_fw.project("fusion").path / "src"
+    stubs = Path(__file__).parent / "stubs"
+    sources = [c_drivers / "esp32_glue.cpp", src / "main.cpp"] + [src / n for n in (
+        "fusion_model.c", "fusion_runner.c", "nonn_wire.c", "nonn_crc32.c", "nonn_quant.c",
+        "nonn_node.c")]
+    exe = cc.program("esp32_fusion_glue", sources, includes=[src, stubs, c_drivers])
+    return lambda lines: cc.run(exe, lines).stdout.splitlines()
+
+
+def test_esp32_fusion_follows_status_and_last_wills(esp32_fusion_glue, reference):
+    """As the Linux fusion (issue 14): the ESP32 gateway subscribes to status/+ and hands each
+    status to nonn_fusion_node_status, so a frame waiting only for a device whose last will
+    says offline is fused at once. Before, it subscribed to features only and a status message
+    would have been fed to the frame decoder."""
+    topics = protocol.Topics("digits-k2")
+    (v0, _), (w0, _) = reference.vectors(2)
+    out = esp32_fusion_glue([
+        f"M 0 {topics.features.replace('+', '0')} {reference.feature(0, 1, 10, v0).hex()}",
+        "L 1",                                                    # still waiting for student 1
+        f"M 5 {topics.status('device-1')} {b'offline'.hex()}",    # its last will
+        f"M 6 {topics.features.replace('+', '0')} {reference.feature(0, 2, 11, w0).hex()}"])
+    assert f"SUB {topics.features} 0" in out and f"SUB {topics.status_all} 1" in out
+    published = [line.split()[1:] for line in out if line.startswith("PUB ")]
+    predictions = [bytes.fromhex(p) for t, p in published if t == topics.prediction]
+    assert predictions == [reference.prediction(1, 10, {0: v0}),
+                           reference.prediction(2, 11, {0: w0})]
+    assert not any("rejected" in line for line in out), out
