@@ -3,10 +3,14 @@
 * ``flash_bytes``: the .tflite file itself (TFLM reads the flatbuffer in place from flash).
 * ``arena_bytes``: the smallest arena with which TFLite Micro allocates *and* invokes the
   model (:mod:`nonn_tflite.arena`: bisection, TFLM in child processes). That is a 64-bit host
-  build of the reference kernels; ``arena_bytes_32bit`` adds the margin the firmware allocates
-  (:data:`ARENA_MARGIN_FRACTION`, at least :data:`ARENA_MARGIN_MIN_BYTES`, 16-byte aligned; the
-  firmware export allocates the same): 32-bit pointers shrink TFLM's bookkeeping, but
-  optimised kernels (CMSIS-NN, ESP-NN) request scratch buffers the reference kernels do not.
+  build of the reference kernels.
+* ``arena_bytes_32bit``: what a 32-bit device reserves and what the board fit checks, one rule
+  (:func:`arena_32bit_with_margin`, +2 %) over the minimal 32-bit arena:
+  ``arena_bytes_32bit_estimate`` from the graph (:mod:`nonn_tflite.arena_model`: TFLM's memory
+  plan, CMSIS-NN scratch buffers, 32-bit structs; checked against QEMU in tests/test_sizing.py),
+  replaced by the QEMU measurement once ``nonn-tflite measure`` ran
+  (``arena_bytes_32bit_measured``). The student sizer computes the same estimate before
+  training (:mod:`nonn_tflite.sizing`), so a student sized for a board fits it after training.
 * latency (:mod:`nonn_tflite.latency`): LiteRT, 1 thread, reference kernels and XNNPACK.
 * parity (:mod:`nonn_tflite.parity`): TFLM against LiteRT's reference kernels, and the gate.
 
@@ -34,18 +38,19 @@ from nonn_tflite.intake import verify_file
 from nonn_tflite.tflite_model import TensorInfo, TFLiteModel
 from nonn_tflite.wire import HEADER_SIZE
 
-ALIGN = 16
+from nonn_tflite.arena_model import (ALIGN, ARENA_32BIT_ESTIMATE_RULE, ARENA_32BIT_MARGIN_FRACTION,  # noqa: F401
+                                     ARENA_32BIT_MARGIN_MIN_BYTES, ARENA_32BIT_MARGIN_RULE, align,
+                                     arena_32bit_min_of_tflite, arena_32bit_with_margin)
+
+# The old host-derived rule: what exports still reserve for a model neither measured on QEMU nor
+# exported for cortex-m (firmware_bridge/cortex_m.py device_arena).
 ARENA_MARGIN_FRACTION = 0.25
 ARENA_MARGIN_MIN_BYTES = 2048
 ARENA_MARGIN_RULE = (f"+{ARENA_MARGIN_FRACTION:.0%} (at least {ARENA_MARGIN_MIN_BYTES:,} B), "
                      f"rounded up to {ALIGN} B")  # how arena_with_margin reads in docs
 ARENA_NOTE = (f"arena_bytes measured on a 64-bit host with TFLM reference kernels; "
-              f"arena_bytes_32bit = {ARENA_MARGIN_RULE}, for 32-bit targets with optimised kernels")
+              f"arena_bytes_32bit = {ARENA_32BIT_ESTIMATE_RULE}")
 WIRE_HEADER_BYTES = HEADER_SIZE  # the frame header, defined once in nonn_tflite/wire.py
-
-
-def align(n: int, to: int = ALIGN) -> int:
-    return (int(n) + to - 1) // to * to
 
 
 def arena_with_margin(measured: int) -> int:
@@ -53,42 +58,28 @@ def arena_with_margin(measured: int) -> int:
     return align(measured + max(ARENA_MARGIN_MIN_BYTES, math.ceil(measured * ARENA_MARGIN_FRACTION)))
 
 
-# The arena a 32-bit device reserves when its arena was *measured* on the 32-bit build (QEMU,
-# firmware_bridge/qemu.py): TFLM's arena use is deterministic for one model, TFLM commit, kernel
-# set and ABI, so the margin only covers what the measurement cannot see: another core's
-# CMSIS-NN scratch sizes (M4 54,996 B vs M55 55,028 B for ResNet-8: +0.06 %) and an arena
-# buffer whose start is not 16-byte aligned (at most 15 B).
-ARENA_32BIT_MARGIN_FRACTION = 0.02
-ARENA_32BIT_MARGIN_MIN_BYTES = 64
-ARENA_32BIT_MARGIN_RULE = (f"minimal 32-bit arena measured on QEMU +{ARENA_32BIT_MARGIN_FRACTION:.0%} "
-                           f"(at least {ARENA_32BIT_MARGIN_MIN_BYTES} B), rounded up to {ALIGN} B")
-
-
-def arena_32bit_with_margin(measured_32bit: int) -> int:
-    """The arena a device reserves for a ``measured_32bit`` minimal arena (AllocateTensors and
-    Invoke succeed with it on the emulated core)."""
-    return align(measured_32bit + max(ARENA_32BIT_MARGIN_MIN_BYTES,
-                                      math.ceil(measured_32bit * ARENA_32BIT_MARGIN_FRACTION)))
-
-
 # -- tensor arena ---------------------------------------------------------------------------------
 
 @dataclass
 class ArenaResult:
     arena_bytes: int  # minimal, 64-bit host
-    arena_bytes_32bit: int  # with the firmware margin
+    arena_bytes_32bit: int  # what a 32-bit device reserves: the estimate + the 32-bit margin
     recorded_bytes: int | None  # TFLM's RecordingMicroAllocator total at that size (reference)
     probes: int
+    arena_bytes_32bit_estimate: int | None = None  # minimal 32-bit arena, from the graph
 
     def as_dict(self) -> dict:
         return asdict(self)
 
 
 def measure_arena(model: bytes | str | Path, timeout: float = 300.0) -> ArenaResult:
-    """Minimal TFLM arena (:func:`nonn_tflite.arena.minimal_arena`, TFLM in child processes)
-    and the arena a 32-bit target allocates for it (:func:`arena_with_margin`)."""
-    m = minimal_arena(model, timeout)
-    return ArenaResult(m.arena_bytes, arena_with_margin(m.arena_bytes), m.recorded_bytes, m.probes)
+    """Minimal host TFLM arena (:func:`nonn_tflite.arena.minimal_arena`, TFLM in child
+    processes), and the arena a 32-bit target reserves: :func:`arena_32bit_with_margin` of the
+    minimal 32-bit arena estimated from the graph (:func:`arena_32bit_min_of_tflite`)."""
+    m = minimal_arena(model, timeout)  # verifies the flatbuffer before any parsing here
+    data = model if isinstance(model, (bytes, bytearray)) else Path(model).read_bytes()
+    est = arena_32bit_min_of_tflite(data)
+    return ArenaResult(m.arena_bytes, arena_32bit_with_margin(est), m.recorded_bytes, m.probes, est)
 
 
 # -- LiteRT (nonn_tflite/interpreters.py; names kept here for importers) --------------------
@@ -126,6 +117,8 @@ class ModelProfile:
     parity: dict | None = None
     input: dict = field(default_factory=dict)
     output: dict = field(default_factory=dict)
+    arena_bytes_32bit_estimate: int | None = None  # minimal 32-bit arena from the graph
+    arena_32bit_basis: str = ARENA_32BIT_ESTIMATE_RULE  # measure.py names the QEMU rule instead
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -157,7 +150,8 @@ def profile_model(path: str | Path, *, latency_runs: int = DEFAULT_LATENCY_RUNS,
         elementwise_ops=model.elementwise_ops, ops=model.op_names,
         latency_ms=ref["median_ms"] if ref else None, latency_p90_ms=ref["p90_ms"] if ref else None,
         latency=latency, parity=parity, input=io_facts(model.input_tensors()[0]),
-        output=io_facts(model.output_tensors()[0]))
+        output=io_facts(model.output_tensors()[0]),
+        arena_bytes_32bit_estimate=arena.arena_bytes_32bit_estimate)
 
 
 # -- inspect any file -------------------------------------------------------------------------

@@ -1,12 +1,16 @@
 """Choose each student's size from its device budget.
 
-Estimates here are deliberately simple and slightly pessimistic; ``convert`` measures the real
-flatbuffer size and the minimal TFLM arena afterwards and checks them against the board.
-
 * flash ~ int8 weights + int32 biases (BN folds into them) + per-channel quantisation
-  parameters (float32 scale + int64 zero point per output channel) + flatbuffer overhead;
-* RAM (tensor arena) ~ the largest set of int8 activations alive at once: the inputs and the
-  output of the biggest op (an Add keeps three maps alive), plus TFLM bookkeeping.
+  parameters (float32 scale + int64 zero point per output channel) + flatbuffer overhead
+  (slightly pessimistic; ``convert`` checks the real file);
+* RAM: the figure ``convert`` checks against the board, ``arena_bytes_32bit``: the minimal
+  32-bit TFLM arena estimated from the student's graph (:mod:`nonn_tflite.arena_model`: the
+  greedy memory plan of its activations and CMSIS-NN scratch buffers, plus TFLM's persistent
+  32-bit structs) plus the 32-bit margin (:func:`~nonn_tflite.arena_model.arena_32bit_with_margin`).
+  The graph comes from the untrained Keras model here and from the .tflite in ``convert``; both
+  give the same graph, so a student sized for a board never fails the fit only after training.
+  tests/test_sizing.py checks measured <= estimate <= 1.2 x measured on QEMU (Cortex-M4,
+  CMSIS-NN); benchmarks/sizing.py prints the table.
 """
 
 from __future__ import annotations
@@ -14,7 +18,8 @@ from __future__ import annotations
 import functools
 from dataclasses import dataclass
 
-from nonn_tflite.architectures import StudentSpec, build_student, default_stages
+from nonn_tflite.architectures import StudentSpec, build_student, default_stages, deployable_student
+from nonn_tflite.arena_model import arena_32bit_min, arena_32bit_with_margin, graph_from_keras
 from nonn_tflite.boards import KB, DeviceBudget
 from nonn_tflite.errors import BudgetError
 
@@ -22,7 +27,6 @@ WIDTHS = (4, 6, 8, 12, 16, 24, 32, 48, 64)
 BLOCKS = (0, 1, 2)
 FLATBUFFER_BASE = 2048  # header, strings, subgraph tables
 PER_OP_OVERHEAD = 400  # operator + tensor tables per op
-ARENA_OVERHEAD = 1024  # TFLM's per-tensor bookkeeping for a small graph (64-bit host)
 
 
 @dataclass(frozen=True)
@@ -30,7 +34,8 @@ class SizeEstimate:
     spec: StudentSpec
     params: int
     flash_bytes: int
-    ram_bytes: int
+    ram_bytes: int  # arena_bytes_32bit: the 32-bit arena estimate + margin, as convert checks
+    arena_32bit_min_bytes: int = 0  # the minimal 32-bit arena estimate, before the margin
 
     def fits(self, budget: DeviceBudget) -> bool:
         return self.flash_bytes <= budget.flash_bytes and self.ram_bytes <= budget.ram_bytes
@@ -38,15 +43,16 @@ class SizeEstimate:
 
 @functools.lru_cache(maxsize=512)
 def estimate(spec: StudentSpec, input_shape: tuple[int, int, int]) -> SizeEstimate:
-    """Build the student once (no training) and estimate its int8 flash and arena bytes."""
+    """Build the student once (no training) and estimate its int8 flash and 32-bit arena."""
     model = build_student(spec, input_shape, 0, wd=0.0)
     convs = [l for l in model.layers if type(l).__name__ in ("Conv2D", "DepthwiseConv2D", "Dense")]
     weight_bytes = sum(_numel(l.kernel.shape) for l in convs)
-    channel_bytes = sum(int(l.kernel.shape[-1]) * (4 + 12) for l in convs)  # bias + quant params
+    channel_bytes = sum(int(l.output.shape[-1]) * (4 + 12) for l in convs)  # bias + quant params
     ops = len(convs) + sum(type(l).__name__ in ("Add", "GlobalAveragePooling2D") for l in model.layers)
     flash = weight_bytes + channel_bytes + FLATBUFFER_BASE + PER_OP_OVERHEAD * ops
-    ram = _peak_activation_bytes(model) + ARENA_OVERHEAD
-    return SizeEstimate(spec, int(model.count_params()), int(flash), int(ram))
+    arena = arena_32bit_min(graph_from_keras(deployable_student(model)))
+    return SizeEstimate(spec, int(model.count_params()), int(flash),
+                        arena_32bit_with_margin(arena), arena)
 
 
 def _numel(shape) -> int:
@@ -54,17 +60,6 @@ def _numel(shape) -> int:
     for d in shape:
         n *= int(d)
     return n
-
-
-def _peak_activation_bytes(model) -> int:
-    peak = 0
-    for layer in model.layers:
-        if type(layer).__name__ in ("InputLayer", "BatchNormalization", "ReLU"):
-            continue  # folded into the producing op by the converter
-        ins = layer.input if isinstance(layer.input, (list, tuple)) else [layer.input]
-        total = sum(_numel(t.shape[1:]) for t in ins) + _numel(layer.output.shape[1:])
-        peak = max(peak, total)
-    return peak
 
 
 def choose_student(budget: DeviceBudget, out_channels: int, input_shape, index: int = 0,
