@@ -223,6 +223,22 @@ def test_esp32_glue_compiles_against_the_arduino_and_pubsub_stubs(esp32_fw, cc, 
         cc.syntax(source, [src, STUBS])
 
 
+def test_esp32_camera_frames_carry_a_session_drawn_at_boot(esp32_fw, cc):
+    """Issue 14 follow-up: the local-camera path put session 0 on every boot, so a rebooted
+    camera's seq 0, 1, ... met the fusion's (session, seq) done-cache. It now draws a session
+    from the hardware RNG (esp_random); the object file must call it. Only compiled here; the
+    same logic runs on the Linux device in test_linux_camera.py."""
+    import subprocess
+
+    src = esp32_fw.project("device_0").path / "src"
+    text = (src / "main.cpp").read_text()
+    assert "image.session = camera_session();" in text
+    obj, = cc.objects([src / "main.cpp"], [src, STUBS], into=cc.workdir / "esp32_session")
+    undefined = subprocess.run(["nm", "-u", "-C", str(obj)], capture_output=True, text=True,
+                               check=True).stdout.split()
+    assert "esp_random" in undefined
+
+
 def test_linux_sources_compile_against_real_tflm_and_libmosquitto(linux_fw, cc, tflm_ref,
                                                                   need_tools):
     from firmware_bridge.tflm_tree import host_compile_flags
