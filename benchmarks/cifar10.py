@@ -9,6 +9,11 @@ Run the steps in as many invocations as you like, then ``--assemble`` the table:
     python benchmarks/cifar10.py --profile cpu --data-dir DATA --only teacher
     python benchmarks/cifar10.py --profile cpu --data-dir DATA --only nonn-k4
     python benchmarks/cifar10.py --profile cpu --data-dir DATA            # every missing step + table
+    python benchmarks/cifar10.py --profile cpu --data-dir DATA --teacher-arch airbench --views 8
+
+``--teacher-arch`` and ``--views`` override the profile's teacher and the students' view cache
+(``nonn_tflite/views.py``); the results then go to their own name (``cifar10-cpu-airbench-v8``),
+never mixed with the profile's own parts.
 
 ``--data-dir`` must hold the real CIFAR-10 (``train.npz``/``test.npz``, checked by sha256; build
 it with ``../shared/data/get_cifar10.sh DIR``). ``--stand-in`` runs on any other npz pair, e.g.
@@ -23,7 +28,7 @@ import json
 import shutil
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -52,6 +57,8 @@ class Profile:
     cache_teacher: bool = True
     batch_size: int = 64
     boards: tuple[str, ...] = ("nano33ble", "esp32")
+    views: int = 1  # > 1: students train on cached augmented views (DistillConfig.views)
+    teacher_batch_size: int | None = None  # None: batch_size
     notes: str = ""
 
 
@@ -151,13 +158,28 @@ def step_teacher(ctx: Context, sys_: System) -> dict:
     path = ctx.work / "teacher"
     if path.exists():
         shutil.rmtree(path)
-    run = run_teacher(path, ctx.data_config(), TeacherConfig(ctx.profile.teacher,
-                      train_config(ctx, ctx.profile.teacher_epochs)), quiet=ctx.quiet)
+    tcfg = train_config(ctx, ctx.profile.teacher_epochs)
+    if ctx.profile.teacher_batch_size:
+        tcfg = replace(tcfg, batch_size=ctx.profile.teacher_batch_size)
+    run = run_teacher(path, ctx.data_config(), TeacherConfig(ctx.profile.teacher, tcfg), quiet=ctx.quiet)
     m = run.manifest["metrics"]
     result = {"accuracy_float": m["teacher_accuracy"], "val_accuracy": m["teacher_val_accuracy"],
-              "params": m["teacher_params"], "arch": ctx.profile.teacher}
+              "params": m["teacher_params"], "arch": ctx.profile.teacher,
+              "train_seconds": run.manifest.get("stages", {}).get("teacher", {}).get("seconds")}
+    if ctx.profile.teacher == "airbench":  # its recipe evaluates with flip TTA (float only)
+        result["accuracy_float_flip_tta"] = flip_tta_accuracy(ctx, run.file("teacher.keras"))
     result.update(int8_profile(ctx, run.file("teacher.keras"), "teacher"))
     return result
+
+
+def flip_tta_accuracy(ctx: Context, keras_path: Path) -> float:
+    from nonn_tflite.data import load_dataset, to_float
+    from nonn_tflite.teacher import load_keras_model
+    from nonn_tflite.training import flip_tta_logits
+
+    ds = load_dataset(ctx.data_config())
+    logits = flip_tta_logits(load_keras_model(keras_path), to_float(ds.x_test))
+    return float(np.mean(np.argmax(logits, -1) == ds.y_test))
 
 
 def int8_profile(ctx: Context, keras_path: Path, name: str) -> dict:
@@ -221,7 +243,8 @@ def step_nonn(ctx: Context, sys_: System) -> dict:
                           0.125 * sys_.budget_scale)
     run_distill(RunDir(path), DistillConfig(alpha=sys_.alpha, beta=sys_.beta, student_dropout=sys_.dropout,
                                             cache_teacher=p.cache_teacher, budget=budget,
-                                            train=train_config(ctx, p.epochs)), quiet=ctx.quiet)
+                                            train=train_config(ctx, p.epochs), views=p.views),
+                quiet=ctx.quiet)
     result = convert_run(path, ConvertOptions(calibration=p.calibration, latency_runs=p.latency_runs, boards=[]))
     rep = result.report
     out = {"k": sys_.k, "accuracy_float": rep["system"]["accuracy_float"],
@@ -286,7 +309,7 @@ def assemble(ctx: Context, all_systems: list[System], argv: list[str], wall: flo
     doc.update({"wall_seconds": wall, "dataset": ctx.dataset, "profile_settings": ctx.profile.__dict__,
                 "latency": latency,
                 "step_seconds": {n: r.get("seconds") for n, r in parts.items()},
-                "claims": ctx.dataset == "cifar10" and ctx.profile_name != "quick", "paper": PAPER,
+                "claims": ctx.dataset == "cifar10" and not ctx.profile_name.startswith("quick"), "paper": PAPER,
                 "systems": parts, "rows": rows,
                 "missing": [s.name for s in all_systems if s.name not in parts]})
     cols = ["system", "K", "acc_float", "acc_int8", "flash_kb", "arena_kb", "params", "macs",
@@ -402,14 +425,25 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--redo", action="store_true", help="Re-run steps even if their part exists.")
     ap.add_argument("--work", type=Path, default=ROOT / "benchmarks" / "work", help="Models and run dirs.")
     ap.add_argument("--verbose", action="store_true")
+    ap.add_argument("--teacher-arch", default=None,
+                    help="Override the profile's teacher (e.g. airbench; its batch is then 512).")
+    ap.add_argument("--views", type=int, default=None,
+                    help="Students train on this many cached augmented views per image.")
     args = ap.parse_args(argv)
     import os
 
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    profile = PROFILES[args.profile]
+    profile, name = PROFILES[args.profile], args.profile
+    if args.teacher_arch:
+        profile = replace(profile, teacher=args.teacher_arch,
+                          teacher_batch_size=512 if args.teacher_arch == "airbench" else None)
+        name += f"-{args.teacher_arch}"
+    if args.views and args.views > 1:
+        profile = replace(profile, views=args.views)
+        name += f"-v{args.views}"
     dataset = check_data(args.data_dir, args.stand_in)
-    key = args.profile if dataset == "cifar10" else f"{args.profile}-stand-in"
-    ctx = Context(args.profile, profile, args.data_dir, dataset, args.work / key, RESULTS / "parts" / key,
+    key = name if dataset == "cifar10" else f"{name}-stand-in"
+    ctx = Context(name, profile, args.data_dir, dataset, args.work / key, RESULTS / "parts" / key,
                   quiet=not args.verbose)
     ctx.work.mkdir(parents=True, exist_ok=True)
     ctx.parts.mkdir(parents=True, exist_ok=True)

@@ -144,6 +144,8 @@ def run_distill(run: RunDir, cfg: DistillConfig, force: bool = False, quiet: boo
         st.metrics = {"nonn_accuracy": acc, "nonn_val_accuracy": result.val_accuracy,
                       "student_params": [s["params"] for s in students]}
         st.extra = {"students": students}
+        if result.extra:  # --views > 1: the view cache's size and build time
+            st.extra["view_cache"] = result.extra
     log.info("NoNN (K=%d): test accuracy %.4f", len(students), acc)
     return {"nonn_accuracy": acc, "students": students}
 
