@@ -79,3 +79,14 @@ def test_recipe_trains_on_digits_and_converts_to_int8_for_tflm():
     int8_acc = float(np.mean(np.argmax(logits, -1) == ds.y_test[:120]))
     assert int8_acc > 0.5 and int8_acc > float(np.mean(np.argmax(
         model.predict(to_float(ds.x_test[:120]), verbose=0), -1) == ds.y_test[:120])) - 0.1
+
+
+def test_cli_offers_airbench_and_names_it_for_an_unknown_arch(tmp_path):
+    from click.testing import CliRunner
+
+    from nonn_tflite.cli import main
+
+    assert "airbench" in CliRunner().invoke(main, ["teacher", "--help"]).output
+    result = CliRunner().invoke(main, ["teacher", "--arch", "vgg", "--out", str(tmp_path / "t")])
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert result.exit_code != 0 and "airbench" in lines[-1] and "Traceback" not in result.output

@@ -118,3 +118,14 @@ def test_distill_with_views_trains_and_views_one_is_unchanged():
     with pytest.raises(UsageError, match="--views 0"):
         distill(ds, view, PARTS, DistillConfig(views=0), est, quiet=True)
     assert DistillConfig().views == 1  # the default: today's online-teacher path
+
+
+def test_cli_refuses_views_below_one_in_one_line(tmp_path):
+    from click.testing import CliRunner
+
+    from nonn_tflite.cli import main
+
+    result = CliRunner().invoke(main, ["run", "--views", "0", "--out", str(tmp_path / "r")])
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert result.exit_code == 2 and lines[-1].startswith("Error: ") and "--views 0" in lines[-1]
+    assert "Traceback" not in result.output and not (tmp_path / "r").exists()
