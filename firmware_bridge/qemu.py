@@ -275,6 +275,13 @@ def run_probe(model: bytes, inputs: np.ndarray, config: Config, *, out_dtype=np.
         run = qemu(build / "probe.elf", config.cpu, work, timeout)
         if run.returncode == 4 and "arena_too_small=" in run.stdout:
             raise ArenaTooSmall(f"arena {arena} B too small")
+        if arena is not None and run.returncode != 0 and "nonn-probe arena_used=" not in run.stdout:
+            # A trial arena below the minimum can also crash inside AllocateTensors instead of
+            # failing it (seen: CMSIS-NN FULLY_CONNECTED on the M55, "All temp buffers must be
+            # freed before calling ResetTempAllocations()", then a hard fault). The model ran
+            # with the full arena before min_arena tries smaller ones, so this is "too small".
+            raise ArenaTooSmall(f"arena {arena} B too small (AllocateTensors crashed: "
+                                f"{(run.stdout + run.stderr).strip()[-160:]})")
         facts = _LINE.findall(run.stdout)
         errors = [v for k, v in facts if k == "error"]
         if run.returncode != 0 or errors or "nonn-probe done" not in run.stdout:
