@@ -8,8 +8,9 @@ What TFLM puts in the arena (tensorflow/lite/micro/micro_allocator.cc):
   NodeAndRegistration + builtin options + kernel OpData per operator, the per-channel
   multiplier and shift arrays of each conv, the allocator's own objects;
 * while the plan is made, temporary memory after the tail: one AllocationInfo per tensor and
-  scratch buffer and the planner's per-buffer tables (:func:`planning_bytes`). For tiny models
-  this phase, not the final layout, sets the minimum.
+  scratch buffer and the planner's per-buffer tables (:func:`planning_bytes`); before that,
+  each op's Prepare holds temporary TfLiteTensors (:func:`prepare_bytes`). For tiny models
+  these phases, not the final layout, set the minimum.
 
 The struct sizes are the 32-bit (ILP32) ones. The constants marked *calibrated* were fitted to
 the minimal arenas measured on QEMU (Cortex-M4, CMSIS-NN; firmware_bridge.qemu.min_arena) for
@@ -199,9 +200,9 @@ def _dtype_bytes(dtype: str) -> int:
 
 
 def scratch_bytes(op: GraphOp) -> list[int]:
-    """Scratch buffers the op's Prepare requests, the largest over the kernels the boards run:
-    CMSIS-NN on DSP cores (M4, M7) and on MVE cores (M55); the reference kernels request none
-    for conv. Formulas from third_party/cmsis_nn/Source/ConvolutionFunctions/
+    """Scratch buffers the op's Prepare requests with CMSIS-NN: for conv the larger of the DSP
+    cores' (M4, M7: the boards) and the MVE cores' (M55) buffer; the reference kernels request
+    none for conv. Formulas from third_party/cmsis_nn/Source/ConvolutionFunctions/
     arm_{convolve,depthwise_conv}_get_buffer_sizes_s8.c and kernels/reduce_common.cc."""
     kh, kw = op.kernel
     if op.kind == "CONV_2D":
@@ -214,9 +215,9 @@ def scratch_bytes(op: GraphOp) -> list[int]:
     if op.kind == "DEPTHWISE_CONV_2D":
         if op.in_channels != op.out_channels:
             return []  # channel multiplier > 1: arm_depthwise_conv_s8, no buffer
-        dsp = 0 if (kh, kw) == (3, 3) else 2 * op.in_channels * kh * kw
-        mve = 4 * 124 * kh * kw  # CH_IN_BLOCK_MVE
-        return [max(dsp, mve)]
+        # DSP cores only (the boards: M4, M7): MVE's arm_depthwise_conv_s8_opt wants
+        # 4 x CH_IN_BLOCK_MVE (124) x kh x kw B, and no board has an M55.
+        return [] if (kh, kw) == (3, 3) else [2 * op.in_channels * kh * kw]
     if op.kind == "MEAN":  # int32 accumulators, input iterator (4 dims), resolved axes (2)
         return [4 * op.out_channels, 4 * 4, 4 * 2]
     return []
@@ -269,6 +270,8 @@ SCRATCH_REQUEST_BYTES = 12  # internal::ScratchBufferRequest, kept until the pla
 MAX_SCRATCH_PER_OP = 12  # kMaxScratchBuffersPerOp: the request list always has room for 12 more
 ALLOCATION_INFO_BYTES = 24  # AllocationInfo: bytes, output_ptr, first, last, offline, flag
 PLANNER_BUFFER_BYTES = 40  # GreedyMemoryPlanner: requirements 16 + list entry 12 + 3 ints
+TEMP_TENSOR_BYTES = 40  # TfLiteTensor under TF_LITE_STATIC_MEMORY (4-byte aligned temporaries)
+AFFINE_QUANTIZATION_BYTES = 12  # TfLiteAffineQuantization: scale, zero_point, dimension
 # calibrated: what the tail holds besides the terms above. Least squares of
 # arena_used_bytes() - planner_peak - the terms above, measured on QEMU mps2-an386 (Cortex-M4,
 # CMSIS-NN, TFLM of ../shared/tflm) for 16 untrained resnet-family students (widths 4-48,
@@ -311,10 +314,30 @@ def planning_bytes(graph: ArenaGraph) -> int:
             + align(PLANNER_BUFFER_BYTES * planned))
 
 
+def prepare_bytes(graph: ArenaGraph) -> int:
+    """Temporary bytes while one op's Prepare runs, the largest over the ops: the scratch
+    request list and a temporary TfLiteTensor with its quantisation for every tensor the op
+    touches (MicroAllocator::AllocateTempTfLiteTensor; scales are read in place)."""
+    scratch = sum(len(scratch_bytes(op)) for op in graph.ops)
+    requests = align(SCRATCH_REQUEST_BYTES * (scratch + MAX_SCRATCH_PER_OP))
+
+    def temp(channels: int) -> int:  # TfLiteTensor + TfLiteAffineQuantization + zero points
+        return TEMP_TENSOR_BYTES + AFFINE_QUANTIZATION_BYTES + 4 + 4 * channels
+
+    def op_temp(op: GraphOp) -> int:
+        per_channel = op.kind in ("CONV_2D", "DEPTHWISE_CONV_2D")
+        consts = op.constants * temp(op.out_channels if per_channel else 1)
+        return (len(op.inputs) + 1) * temp(1) + consts
+
+    return requests + max((op_temp(op) for op in graph.ops), default=0)
+
+
 def arena_32bit_min(graph: ArenaGraph) -> int:
     """The estimated smallest arena with which a 32-bit TFLM allocates and invokes the model:
-    the tail plus the larger of the memory plan and the planning phase's temporary tables."""
-    return align(tail_bytes(graph) + max(planner_peak(graph), planning_bytes(graph)) + ARENA_START_BYTES)
+    the tail plus the largest of the memory plan, the planning phase's temporary tables and
+    one op's Prepare temporaries (the last two set the minimum of tiny models only)."""
+    phases = (planner_peak(graph), planning_bytes(graph), prepare_bytes(graph))
+    return align(tail_bytes(graph) + max(phases) + ARENA_START_BYTES)
 
 
 def arena_32bit_min_of_tflite(data: bytes) -> int:

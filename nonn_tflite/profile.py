@@ -78,7 +78,11 @@ def measure_arena(model: bytes | str | Path, timeout: float = 300.0) -> ArenaRes
     minimal 32-bit arena estimated from the graph (:func:`arena_32bit_min_of_tflite`)."""
     m = minimal_arena(model, timeout)  # verifies the flatbuffer before any parsing here
     data = model if isinstance(model, (bytes, bytearray)) else Path(model).read_bytes()
-    est = arena_32bit_min_of_tflite(data)
+    try:
+        est = arena_32bit_min_of_tflite(data)
+    except (IndexError, KeyError, ValueError, TypeError) as exc:  # TFLM ran it; our reader did not
+        raise ModelFileError(f"cannot estimate the 32-bit arena from the model's graph "
+                             f"({type(exc).__name__}: {first_line(str(exc))})") from None
     return ArenaResult(m.arena_bytes, arena_32bit_with_margin(est), m.recorded_bytes, m.probes, est)
 
 

@@ -1,8 +1,8 @@
 """Choose each student's size from its device budget.
 
 * flash ~ int8 weights + int32 biases (BN folds into them) + per-channel quantisation
-  parameters (float32 scale + int64 zero point per output channel) + flatbuffer overhead
-  (slightly pessimistic; ``convert`` checks the real file);
+  parameters (float32 scale + int64 zero point per output channel, for the weights and for the
+  bias) + flatbuffer overhead (slightly pessimistic; ``convert`` checks the real file);
 * RAM: the figure ``convert`` checks against the board, ``arena_bytes_32bit``: the minimal
   32-bit TFLM arena estimated from the student's graph (:mod:`nonn_tflite.arena_model`: the
   greedy memory plan of its activations and CMSIS-NN scratch buffers, plus TFLM's persistent
@@ -47,7 +47,9 @@ def estimate(spec: StudentSpec, input_shape: tuple[int, int, int]) -> SizeEstima
     model = build_student(spec, input_shape, 0, wd=0.0)
     convs = [l for l in model.layers if type(l).__name__ in ("Conv2D", "DepthwiseConv2D", "Dense")]
     weight_bytes = sum(_numel(l.kernel.shape) for l in convs)
-    channel_bytes = sum(int(l.output.shape[-1]) * (4 + 12) for l in convs)  # bias + quant params
+    # per output channel: the int32 bias, and float32 scale + int64 zero point for the weights
+    # and again for the bias (both are per-channel quantised)
+    channel_bytes = sum(int(l.output.shape[-1]) * (4 + 12 + 12) for l in convs)
     ops = len(convs) + sum(type(l).__name__ in ("Add", "GlobalAveragePooling2D") for l in model.layers)
     flash = weight_bytes + channel_bytes + FLATBUFFER_BASE + PER_OP_OVERHEAD * ops
     arena = arena_32bit_min(graph_from_keras(deployable_student(model)))

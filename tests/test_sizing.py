@@ -94,7 +94,8 @@ def int8_students():
 
 def test_sizer_checks_the_budget_with_the_figure_convert_checks(int8_students):
     """The sizer's RAM figure (from the untrained Keras graph) is the converted model's
-    arena_bytes_32bit (from the flatbuffer), so the budget and the board fit agree."""
+    arena_bytes_32bit (from the flatbuffer), so the budget and the board fit agree; its flash
+    figure is not below the file convert checks."""
     from nonn_tflite.arena_model import graph_from_keras, graph_from_tflite
     from nonn_tflite.architectures import build_student, deployable_student
     from nonn_tflite.profile import arena_32bit_min_of_tflite, arena_32bit_with_margin
@@ -106,6 +107,7 @@ def test_sizer_checks_the_budget_with_the_figure_convert_checks(int8_students):
         assert keras_graph == graph_from_tflite(parse_tflite(data)), spec
         assert est.arena_32bit_min_bytes == arena_32bit_min_of_tflite(data)
         assert est.ram_bytes == arena_32bit_with_margin(arena_32bit_min_of_tflite(data))
+        assert est.flash_bytes >= len(data), spec  # convert checks the file's size
 
 
 def test_arena_estimate_bounds_the_measured_32bit_arena(int8_students):
