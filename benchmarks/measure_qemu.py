@@ -85,7 +85,7 @@ def main() -> int:
     tool = section.get("toolchain", {})
     notes = "\n".join([
         ratio_sentence(section), "",
-        f"Measured on QEMU ({', '.join(c['machine'] + ' ' + c['cpu'] for c in section['configs'])}):"
+        f"Measured on QEMU ({', '.join(dict.fromkeys(c['machine'] + ' ' + c['cpu'] for c in section['configs']))}):"
         " instruction counts (-icount shift=0), not cycles. Runtime: TFLite Micro "
         f"{tool.get('tflm', '?')}; {tool.get('gcc', '?')}; {tool.get('qemu', '?')}. "
         "arena_used is TFLM's arena_used_bytes() on the 32-bit build; arena_min the smallest arena "

@@ -151,3 +151,23 @@ def test_measure_refuses_an_unconverted_folder_and_bad_names(tmp_path):
     assert "Traceback" not in proc.stderr
     proc = _cli("measure", str(tmp_path), "--cpu", "cortex-m3", check=False)
     assert proc.returncode == 2 and "--cpu 'cortex-m3'" in proc.stderr
+
+
+def test_fusion_minimal_arena_on_the_m55_survives_a_crashing_trial_arena():
+    """CMSIS-NN FULLY_CONNECTED on the M55 hard-faults (instead of failing AllocateTensors) at
+    some arenas below the minimum; the bisection must count that as too small."""
+    import numpy as np
+
+    from firmware_bridge.cortex_m import measure_model
+    from firmware_bridge.qemu import Config
+
+    try:
+        check_tools()
+        tflm_tree("cmsis-nn")
+    except ToolchainError as exc:
+        pytest.fail(str(exc))
+    data = (ROOT / "models" / "digits-k2" / "tflite" / "fusion.tflite").read_bytes()
+    inputs = np.random.default_rng(0).integers(-128, 128, (2, 128), dtype=np.int8)
+    m = measure_model("fusion", data, inputs, [Config("cortex-m55", "cmsis-nn")], link=False)
+    m = m["cortex-m55-cmsis-nn"]
+    assert m["bit_exact"] and m["arena_used_bytes"] <= m["arena_bytes_min"]
