@@ -8,8 +8,8 @@ global pooling): the map NoNN partitions.
 Students: two families, both parameterised by ``width`` and ``blocks`` per stage and ending in
 a 1x1 conv to the partition's width |P_k|, BN, ReLU and global average pooling. The pooled
 |P_k|-vector is all a device transmits. ``resnet`` (the default): basic residual blocks of
-3x3 convs. ``mbv2``: MobileNetV2 inverted residuals (1x1 expand, 3x3 depthwise, 1x1 linear
-project), whose DEPTHWISE_CONV_2D has optimised CMSIS-NN and ESP-NN kernels. Conv2D,
+3x3 convs. ``mbv2``: a stride-2 stem (on images >= 16 px) and MobileNetV2 inverted residuals
+(1x1 expand, 3x3 depthwise, 1x1 linear project), whose DEPTHWISE_CONV_2D has optimised CMSIS-NN and ESP-NN kernels. Conv2D,
 DepthwiseConv2D, BatchNorm (folded at conversion), ReLU, Add, MaxPooling2D,
 GlobalAveragePooling2D and Dense only.
 """
@@ -266,8 +266,13 @@ def build_student(spec: StudentSpec, input_shape, index: int, wd: float = 5e-4):
                          f"{', '.join(STUDENT_FAMILIES)}")
     p = f"s{index}"
     inp = keras.Input(shape=input_shape, name=f"{p}_image")
-    x = _relu(_bn(_conv(inp, spec.width, 3, 1, f"{p}_stem", wd), f"{p}_stem_bn"), f"{p}_stem_relu")
-    strides = _stage_strides(input_shape, spec.stages)
+    # mbv2 halves the map in its stem (as MobileNetV2 does) once images are >= 16 px: its
+    # expanded maps at full resolution need about 3x the arena of a ResNet of the same width
+    # (estimated 80 KB against 29 KB at width 8 on 32x32), more than an MCU student gets
+    stem = 2 if spec.family == "mbv2" and min(input_shape[:2]) >= 16 else 1
+    x = _relu(_bn(_conv(inp, spec.width, 3, stem, f"{p}_stem", wd), f"{p}_stem_bn"), f"{p}_stem_relu")
+    strides = _stage_strides((input_shape[0] // stem, input_shape[1] // stem, input_shape[2]),
+                             spec.stages)
     for s, stride in enumerate(strides):
         w = spec.width * 2**s
         if spec.family == "mbv2":
