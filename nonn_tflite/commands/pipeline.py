@@ -336,8 +336,8 @@ def run(students, out, dataset, data_dir, val_fraction, subset, arch, teacher_pa
       nonn-tflite run --dataset cifar10 --arch resnet-20 --students 4 --board esp32 --out runs/c10
     
     The airbench teacher, students on 8 cached augmented views:
-      nonn-tflite run --dataset cifar10 --arch airbench --teacher-epochs 10 --batch-size 512 \
-          --views 8 --students 4 --out runs/c10-ab
+      nonn-tflite run --dataset cifar10 --arch airbench --teacher-epochs 10 --views 8 \\
+          --students 4 --out runs/c10-ab
     """
     import_tensorflow_quietly()
     from nonn_tflite.errors import RunDirError
