@@ -133,7 +133,8 @@ def test_rebooted_camera_device_is_answered_from_its_first_frame(
             features, predictions = [], []
             deadline = time.monotonic() + 20
             while len(features) < FRAMES or len(predictions) < FRAMES:
-                assert time.monotonic() < deadline, (len(features), len(predictions))
+                assert time.monotonic() < deadline, f"boot {boot}: {len(features)} features, " \
+                    f"{len(predictions)} predictions of {FRAMES}"
                 try:
                     topic, data = listener.messages.get(timeout=0.05)
                 except queue.Empty:
