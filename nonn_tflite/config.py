@@ -86,6 +86,8 @@ class DistillConfig:
     # per-element normalisation and drowned CE+KD here (digits: 30 % vs 98 % accuracy).
     beta: float = 10.0
     student_dropout: float = 0.1  # probability a student's vector is zeroed in training
+    # student family the sizer chooses from: resnet, mbv2, or auto (both; most parameters
+    # that fit the budget wins, nonn_tflite/sizing.choose_student)
     student_arch: str = "resnet"
     # Precompute the teacher's outputs once on un-augmented images and train the students
     # without augmentation: several times faster on a CPU, at some cost in accuracy.

@@ -101,16 +101,19 @@ def load_partition(run: RunDir) -> dict:
 
 
 def plan_students(run: RunDir, cfg: DistillConfig) -> tuple[list, list]:
-    """Size each student from its device budget (largest that fits)."""
+    """Size each student from its device budget (most parameters that fit), from the
+    families ``cfg.student_arch`` names (resnet, mbv2, or auto: both)."""
     from nonn_tflite.boards import device_budgets
-    from nonn_tflite.sizing import choose_student
+    from nonn_tflite.sizing import choose_student, student_families
 
     parts = load_partition(run)["partitions"]
     ds_shape = tuple(run.manifest["dataset"]["input_shape"])
     budgets = device_budgets(len(parts), cfg.budget.flash_kb, cfg.budget.ram_kb, cfg.budget.boards)
     teacher_params = run.manifest.get("metrics", {}).get("teacher_params")
     cap = int(teacher_params * cfg.budget.max_params_fraction) if teacher_params else None
-    return [choose_student(b, len(p), ds_shape, k, cap) for k, (b, p) in enumerate(zip(budgets, parts))], budgets
+    families = student_families(cfg.student_arch)
+    return [choose_student(b, len(p), ds_shape, k, cap, families)
+            for k, (b, p) in enumerate(zip(budgets, parts))], budgets
 
 
 def run_distill(run: RunDir, cfg: DistillConfig, force: bool = False, quiet: bool = False) -> dict:
@@ -134,6 +137,7 @@ def run_distill(run: RunDir, cfg: DistillConfig, force: bool = False, quiet: boo
             students.append({"id": k, "file": f"student_{k}.keras", "filters": len(part["partitions"][k]),
                              "params": int(model.count_params()), "arch": est.spec.describe(),
                              "width": est.spec.width, "blocks": est.spec.blocks,
+                             "family": est.spec.family,
                              "estimated_flash_bytes": est.flash_bytes,
                              "estimated_arena_bytes": est.ram_bytes,
                              "budget": {"flash_bytes": budget.flash_bytes, "ram_bytes": budget.ram_bytes,

@@ -8,7 +8,8 @@ import pytest
 from nonn_tflite.architectures import StudentSpec
 from nonn_tflite.boards import KB, BOARDS, DeviceBudget, device_budgets, get_board
 from nonn_tflite.errors import BudgetError, UsageError
-from nonn_tflite.sizing import BLOCKS, WIDTHS, choose_student, estimate
+from nonn_tflite.sizing import (BLOCKS, FAMILY_BLOCKS, WIDTHS, choose_student, estimate,
+                                student_families)
 
 
 def test_largest_fitting_student_is_chosen():
@@ -66,6 +67,83 @@ def test_roomy_board_is_capped_by_the_teacher_share():
     capped = choose_student(budget, 16, (32, 32, 3), max_params=20_000)
     assert free.params > 20_000 >= capped.params
     assert capped.fits(budget) and roomy.model_flash_bytes == budget.flash_bytes
+
+
+# -- student families ------------------------------------------------------------------------
+
+# (input shape, filters, flash KB, RAM KB): digits' default budget, CIFAR-10's cpu-profile
+# budget, and a tight arena where full-resolution resnet maps hold the resnet family back
+FAMILY_BUDGETS = [((8, 8, 1), 64, 64, 32), ((32, 32, 3), 16, 48, 40), ((32, 32, 3), 16, 64, 20)]
+
+
+@pytest.mark.parametrize("shape,out,flash_kb,ram_kb", FAMILY_BUDGETS)
+def test_auto_family_choice_fits_and_has_the_most_parameters(shape, out, flash_kb, ram_kb):
+    budget = DeviceBudget(flash_kb * KB, ram_kb * KB)
+    resnet = choose_student(budget, out, shape)
+    auto = choose_student(budget, out, shape, families=student_families("auto"))
+    assert auto.fits(budget) and resnet.fits(budget)
+    assert auto.params >= resnet.params
+    stages = resnet.spec.stages
+    for family, blocks_list in FAMILY_BLOCKS.items():  # no candidate that fits has more
+        for blocks in blocks_list:
+            for width in WIDTHS:
+                est = estimate(StudentSpec(width, blocks, out, stages, family), shape)
+                if est.fits(budget):
+                    assert est.params <= auto.params, est.spec
+
+
+def test_auto_takes_mbv2_where_the_arena_holds_resnet_back():
+    budget = DeviceBudget(64 * KB, 20 * KB)
+    auto = choose_student(budget, 16, (32, 32, 3), families=("resnet", "mbv2"))
+    resnet = choose_student(budget, 16, (32, 32, 3))
+    assert auto.spec.family == "mbv2" and auto.params > resnet.params and auto.fits(budget)
+    mbv2 = choose_student(budget, 16, (32, 32, 3), families=("mbv2",))
+    assert mbv2 == auto
+
+
+def test_default_family_is_resnet_and_names_are_checked():
+    budget = DeviceBudget(64 * KB, 32 * KB)
+    assert choose_student(budget, 64, (8, 8, 1)).spec.family == "resnet"
+    assert student_families("resnet") == ("resnet",) and student_families("mbv2") == ("mbv2",)
+    assert set(student_families("auto")) == {"resnet", "mbv2"}
+    with pytest.raises(UsageError, match="unknown student family 'vit'"):
+        student_families("vit")
+    with pytest.raises(UsageError, match="expected one or more of resnet, mbv2"):
+        choose_student(budget, 64, (8, 8, 1), families=("vit",))
+
+
+def test_mbv2_flash_estimate_is_not_below_the_converted_file():
+    """Depthwise weights are quantised per output channel (C x multiplier); the estimate counts
+    them so, and stays at or above the real int8 file."""
+    from nonn_tflite.architectures import build_student, deployable_student
+    from nonn_tflite.quantize import convert_int8
+    from nonn_tflite.sizing import _out_channels
+
+    shape = (8, 8, 1)
+    spec = StudentSpec(8, 2, 16, 2, "mbv2")
+    model = deployable_student(build_student(spec, shape, 0, wd=0.0))
+    dws = [l for l in model.layers if type(l).__name__ == "DepthwiseConv2D"]
+    assert dws and all(_out_channels(l) == int(l.output.shape[-1]) == l.kernel.shape[-2] * l.kernel.shape[-1]
+                       for l in dws)
+    data = convert_int8(model, np.random.default_rng(0).random((8, *shape), dtype=np.float32))
+    assert estimate(spec, shape).flash_bytes >= len(data)
+
+
+def test_student_family_option_reaches_the_config_and_rejects_bad_values():
+    from click.testing import CliRunner
+
+    from nonn_tflite.cli import main
+    from nonn_tflite.commands.pipeline import _distill_cfg
+
+    cfg = _distill_cfg(0.9, 4.0, 10.0, 0.1, False, None, None, None, 0.125, 40, 64, 0.05, 0,
+                       student_family="auto")
+    assert cfg.student_arch == "auto"
+    for command in ("distill", "run"):
+        result = CliRunner().invoke(main, [command, "--help"])
+        assert "--student-family" in result.output and "auto" in result.output
+    result = CliRunner().invoke(main, ["distill", "somewhere", "--student-family", "vit"])
+    assert result.exit_code == 2
+    assert "Invalid value for '--student-family'" in result.output and "Traceback" not in result.output
 
 
 # -- the arena estimate against TFLM on an emulated Cortex-M4 -----------------------------------

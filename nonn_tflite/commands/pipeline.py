@@ -71,6 +71,11 @@ budget_options = _stack(
                  help="Board profile(s), one for all or one per student: esp32,rp2040 (see `nonn-tflite boards`)."),
     click.option("--max-student-share", type=float, default=0.125, show_default=True,
                  help="Cap on each student's parameters as a share of the teacher's, however roomy the board."),
+    click.option("--student-family", type=click.Choice(["resnet", "mbv2", "auto"]), default="resnet",
+                 show_default=True,
+                 help="Student family: resnet (basic residual blocks), mbv2 (MobileNetV2 inverted "
+                      "residuals, depthwise convs), or auto: size both for each budget and keep "
+                      "the shape with the most parameters that fits."),
 )
 
 distill_options = _stack(
@@ -147,7 +152,8 @@ def _partition_cfg(students: int, method: str, rule: str, top_k: int, percentile
 
 def _distill_cfg(alpha: float, tau: float, beta: float, student_dropout: float, cache_teacher: bool,
                  flash_kb, ram_kb, boards: str | None, max_student_share: float, epochs: int,
-                 batch_size: int, lr: float, seed: int, views: int = 1):
+                 batch_size: int, lr: float, seed: int, views: int = 1,
+                 student_family: str = "resnet"):
     from nonn_tflite.config import BudgetConfig, DistillConfig, TrainConfig
     from nonn_tflite.errors import UsageError
 
@@ -163,7 +169,7 @@ def _distill_cfg(alpha: float, tau: float, beta: float, student_dropout: float, 
     if views < 1:
         raise UsageError(f"--views {views} must be at least 1")
     board_list = [b.strip() for b in boards.split(",")] if boards else []
-    return DistillConfig(alpha, tau, beta, student_dropout, "resnet", cache_teacher,
+    return DistillConfig(alpha, tau, beta, student_dropout, student_family, cache_teacher,
                          BudgetConfig(flash_kb, ram_kb, board_list, max_student_share),
                          TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, seed=seed),
                          views=views)
@@ -286,8 +292,8 @@ def partition(run_dir, students, method, rule, top_k, percentile, resolution, fe
 @shared_options
 @click.option("--force", is_flag=True, help="Redo distillation of an existing run.")
 @common_options
-def distill(run_dir, flash_kb, ram_kb, boards, max_student_share, alpha, tau, beta, student_dropout,
-            cache_teacher, views, epochs, seed, batch_size, lr, force):
+def distill(run_dir, flash_kb, ram_kb, boards, max_student_share, student_family, alpha, tau, beta,
+            student_dropout, cache_teacher, views, epochs, seed, batch_size, lr, force):
     """Train the K students and the fusion head from the frozen teacher (KD + attention).
 
     \b
@@ -295,6 +301,7 @@ def distill(run_dir, flash_kb, ram_kb, boards, max_student_share, alpha, tau, be
       nonn-tflite distill runs/c10 --flash-kb 64 --ram-kb 32
       nonn-tflite distill runs/c10 --board esp32,rp2040 --epochs 60
       nonn-tflite distill runs/c10 --views 8 --epochs 30
+      nonn-tflite distill runs/c10 --student-family auto --flash-kb 64 --ram-kb 20
     """
     import_tensorflow_quietly()
     from nonn_tflite.pipeline import run_distill
@@ -302,7 +309,7 @@ def distill(run_dir, flash_kb, ram_kb, boards, max_student_share, alpha, tau, be
 
     run = RunDir.open(run_dir, need="partition")
     cfg = _distill_cfg(alpha, tau, beta, student_dropout, cache_teacher, flash_kb, ram_kb, boards,
-                       max_student_share, epochs, batch_size, lr, seed, views)
+                       max_student_share, epochs, batch_size, lr, seed, views, student_family)
     run_distill(run, cfg, force, is_quiet())
     print_summary(RunDir(run_dir))
 
@@ -324,8 +331,8 @@ def distill(run_dir, flash_kb, ram_kb, boards, max_student_share, alpha, tau, be
 def run(students, out, dataset, data_dir, val_fraction, subset, arch, teacher_path, teacher_input,
         teacher_epochs,
         method, rule, top_k, percentile, resolution, feature_layer, max_images, flash_kb, ram_kb,
-        boards, max_student_share, alpha, tau, beta, student_dropout, cache_teacher, views, epochs,
-        seed, batch_size, lr, no_convert, force):
+        boards, max_student_share, student_family, alpha, tau, beta, student_dropout, cache_teacher,
+        views, epochs, seed, batch_size, lr, no_convert, force):
     """Whole pipeline: teacher -> partition -> distill -> int8 convert + report.
 
     \b
@@ -349,7 +356,7 @@ def run(students, out, dataset, data_dir, val_fraction, subset, arch, teacher_pa
     pcfg = _partition_cfg(students, method, rule, top_k, percentile, resolution, feature_layer,
                           max_images, seed)
     dcfg = _distill_cfg(alpha, tau, beta, student_dropout, cache_teacher, flash_kb, ram_kb, boards,
-                        max_student_share, epochs, batch_size, lr, seed, views)
+                        max_student_share, epochs, batch_size, lr, seed, views, student_family)
     if RunDir(out).manifest and not force:
         raise RunDirError(f"{out} already holds a run; pass --force to redo it or choose another --out")
     quiet = is_quiet()
