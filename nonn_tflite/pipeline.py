@@ -112,8 +112,16 @@ def plan_students(run: RunDir, cfg: DistillConfig) -> tuple[list, list]:
     teacher_params = run.manifest.get("metrics", {}).get("teacher_params")
     cap = int(teacher_params * cfg.budget.max_params_fraction) if teacher_params else None
     families = student_families(cfg.student_arch)
-    return [choose_student(b, len(p), ds_shape, k, cap, families)
-            for k, (b, p) in enumerate(zip(budgets, parts))], budgets
+    chosen = [choose_student(b, len(p), ds_shape, k, cap, families)
+              for k, (b, p) in enumerate(zip(budgets, parts))]
+    for k, (est, b, p) in enumerate(zip(chosen, budgets, parts)):
+        free = choose_student(b, len(p), ds_shape, k, None, families)  # cached estimates
+        if free.params > est.params:  # say so when the share, not the board, sized it
+            log.warning("student %d: %s params (%s), capped by --max-student-share %g of the "
+                        "teacher's %s; the budget alone would allow %s params (%s)", k,
+                        f"{est.params:,}", est.spec.describe(), cfg.budget.max_params_fraction,
+                        f"{teacher_params:,}", f"{free.params:,}", free.spec.describe())
+    return chosen, budgets
 
 
 def run_distill(run: RunDir, cfg: DistillConfig, force: bool = False, quiet: bool = False) -> dict:

@@ -209,3 +209,32 @@ def test_arena_estimate_bounds_the_measured_32bit_arena(int8_students):
     bad = [r for r in rows if not r[2] <= r[3] <= 1.2 * r[2]]
     assert not bad, "\n".join(f"{d} {s}: measured {m:,} B, estimate {e:,} B ({q:.3f})"
                               for d, s, m, e, q in rows)
+
+
+def test_plan_says_when_the_teacher_share_and_not_the_board_sized_a_student(tmp_path, caplog):
+    """plan_students on the committed digits run's partition: the default share leaves the
+    board to size the students (resnet w48 b0 at this commit); a small share caps them and
+    says so, with what the budget alone would allow."""
+    import logging
+    import shutil
+    from pathlib import Path
+
+    from nonn_tflite.config import BudgetConfig, DistillConfig
+    from nonn_tflite.pipeline import plan_students
+    from nonn_tflite.rundir import RunDir
+
+    src = Path(__file__).resolve().parents[1] / "models" / "digits-k2"
+    for name in ("manifest.json", "partition.json"):
+        shutil.copy(src / name, tmp_path / name)
+    run = RunDir(tmp_path)
+    teacher_params = run.manifest["metrics"]["teacher_params"]
+    with caplog.at_level(logging.WARNING, logger="nonn_tflite"):
+        default, budgets = plan_students(run, DistillConfig())
+        assert all(e.spec.family == "resnet" and e.fits(b) for e, b in zip(default, budgets))
+        assert "max-student-share" not in caplog.text
+        capped, _ = plan_students(run, DistillConfig(budget=BudgetConfig(max_params_fraction=0.02)))
+    assert all(e.params <= 0.02 * teacher_params and e.fits(b) for e, b in zip(capped, budgets))
+    assert "capped by --max-student-share 0.02" in caplog.text
+    assert f"would allow {default[0].params:,} params" in caplog.text
+    auto, _ = plan_students(run, DistillConfig(student_arch="auto"))
+    assert [e.spec for e in auto] == [e.spec for e in default]
