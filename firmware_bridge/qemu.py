@@ -73,7 +73,8 @@ KERNEL_SETS = ("cmsis-nn", "reference")
 
 # Every op the probe registers: what the toolkit's students, fusion and teachers use. Each op
 # costs compile time once per configuration (2 shared cores), so add ops only as models need.
-PROBE_OPS = ("CONV_2D", "FULLY_CONNECTED", "ADD", "MUL", "MEAN")
+# DEPTHWISE_CONV_2D: the mbv2 student family; MAX_POOL_2D: the airbench teacher.
+PROBE_OPS = ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED", "ADD", "MUL", "MEAN", "MAX_POOL_2D")
 TREE_KIND = {"cmsis-nn": "cmsis", "reference": "ref"}
 
 
