@@ -152,14 +152,15 @@ def test_student_family_option_reaches_the_config_and_rejects_bad_values():
 # arena model's constants were fitted to (nonn_tflite/arena_model.py).
 ARENA_GRID = [(4, 0, 8, (28, 28, 1)), (6, 1, 12, (8, 8, 1)), (12, 2, 24, (28, 28, 1)),
               (16, 0, 16, (32, 32, 3)), (24, 1, 16, (16, 16, 3)), (32, 2, 32, (8, 8, 1)),
-              (64, 1, 16, (8, 8, 1)), (8, 1, 10, (32, 32, 3))]
+              (64, 1, 16, (8, 8, 1)), (8, 1, 10, (32, 32, 3)),
+              (8, 1, 16, (32, 32, 3), "mbv2"), (6, 1, 12, (8, 8, 1), "mbv2")]
 
 
-def _int8_student(width, blocks, out, shape):
+def _int8_student(width, blocks, out, shape, family="resnet"):
     from nonn_tflite.architectures import build_student, deployable_student, default_stages
     from nonn_tflite.quantize import convert_int8
 
-    spec = StudentSpec(width, blocks, out, default_stages(shape))
+    spec = StudentSpec(width, blocks, out, default_stages(shape), family)
     model = deployable_student(build_student(spec, shape, 0, wd=0.0))
     calib = np.random.default_rng(0).random((8, *shape), dtype=np.float32)
     return spec, convert_int8(model, calib)
@@ -179,7 +180,7 @@ def test_sizer_checks_the_budget_with_the_figure_convert_checks(int8_students):
     from nonn_tflite.profile import arena_32bit_min_of_tflite, arena_32bit_with_margin
     from nonn_tflite.tflite_model import parse_tflite
 
-    for (spec, data), (*_, shape) in zip(int8_students, ARENA_GRID):
+    for (spec, data), (_, _, _, shape, *_) in zip(int8_students, ARENA_GRID):
         est = estimate(spec, shape)
         keras_graph = graph_from_keras(deployable_student(build_student(spec, shape, 0, wd=0.0)))
         assert keras_graph == graph_from_tflite(parse_tflite(data)), spec
@@ -200,7 +201,7 @@ def test_arena_estimate_bounds_the_measured_32bit_arena(int8_students):
         pytest.fail(str(exc))
     config = Config("cortex-m4", "cmsis-nn")
     rows = []
-    for (spec, data), (*_, shape) in zip(int8_students, ARENA_GRID):
+    for (spec, data), (_, _, _, shape, *_) in zip(int8_students, ARENA_GRID):
         x = np.random.default_rng(1).integers(-128, 128, (1, int(np.prod(shape))), dtype=np.int8)
         probe = run_probe(data, x, config)
         measured = min_arena(data, x, config, probe.arena_used_bytes)
