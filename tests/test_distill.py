@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 import pytest
 
@@ -115,3 +117,24 @@ def test_training_code_is_backend_neutral():
             else:
                 continue
             assert not any(m.split(".")[0] == "tensorflow" for m in mods), f"{name} imports {mods}"
+
+
+def test_training_progress_in_a_log_file_is_plain_lines(monkeypatch, caplog):
+    """Piped into a log file (no terminal), training writes plain lines: within epochs at
+    least every PLAIN_EVERY_S seconds, and one per epoch with the validation metric."""
+    import keras
+
+    from nonn_tflite import training
+
+    monkeypatch.setattr(training, "PLAIN_EVERY_S", 0.0)
+    x = np.random.default_rng(0).random((64, 4), dtype=np.float32)
+    y = (x[:, 0] > 0.5).astype(np.int64)
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2)])
+    model.compile(keras.optimizers.SGD(), keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+                  metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")])
+    with caplog.at_level(logging.INFO, logger="nonn_tflite"):
+        model.fit(x, y, batch_size=16, epochs=2, validation_data=(x, y), verbose=0,
+                  callbacks=[training.progress_bar(2, "toy", "val_accuracy")])
+    lines = [r.getMessage() for r in caplog.records]
+    assert any(m.startswith("toy: epoch 1/2, step 2/4, loss ") for m in lines), lines
+    assert any(m.startswith("toy: epoch 2/2, loss ") and "val_accuracy" in m for m in lines), lines
