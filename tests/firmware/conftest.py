@@ -9,8 +9,10 @@ directory.
 from __future__ import annotations
 
 import json
+import queue
 import shutil
 import subprocess
+import time
 import zlib
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -310,3 +312,52 @@ def linux_builds(linux_fw, tflm_ref, tmp_path_factory) -> dict[str, LinuxBuild]:
             libraries[p.ops] = lib
         built[p.name] = LinuxBuild(build / f"nonn_{p.name}", build, lib)
     return built
+
+
+# ---- one MQTT test client for the C-node tests ------------------------------------------------
+
+class Listener:
+    """A paho client subscribed to ``prefix/#`` on a local broker: records every message of a
+    deployment (in order, and as a queue to wait on) and publishes like a node would."""
+
+    def __init__(self, port: int, prefix: str = "nonn/digits-k2", client_id: str = "test-listener") -> None:
+        import paho.mqtt.client as mqtt
+
+        self.log: list[tuple[str, bytes]] = []
+        self.messages: queue.Queue[tuple[str, bytes]] = queue.Queue()
+        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id)
+        self.client.on_message = self._on_message
+        self.client.connect("127.0.0.1", port)
+        self.client.subscribe(f"{prefix}/#", qos=1)
+        self.client.loop_start()
+
+    def _on_message(self, client, userdata, msg) -> None:
+        item = (msg.topic, bytes(msg.payload))
+        self.log.append(item)
+        self.messages.put(item)
+
+    def wait(self, topic: str, payload: bytes | None = None, timeout: float = 15.0) -> bytes:
+        """The next message on ``topic`` (equal to ``payload`` if given); earlier ones are used up."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                got, data = self.messages.get(timeout=0.05)
+            except queue.Empty:
+                continue
+            if got == topic and (payload is None or data == payload):
+                return data
+        raise AssertionError(f"nothing{'' if payload is None else f' = {payload!r}'} on "
+                             f"{topic} within {timeout} s")
+
+    def publish(self, topic: str, payload: bytes) -> None:
+        self.client.publish(topic, payload, qos=1).wait_for_publish(5)
+
+    def close(self) -> None:
+        self.client.loop_stop()
+        self.client.disconnect()
+
+
+@pytest.fixture(scope="session")
+def mqtt_listener() -> type[Listener]:
+    """The Listener class (test modules cannot import each other under --import-mode=importlib)."""
+    return Listener

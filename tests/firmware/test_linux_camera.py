@@ -69,38 +69,8 @@ def camera_device(linux_fw, linux_builds, tflm_ref, tmp_path_factory) -> Path:
     return root / "build" / "nonn_device_0"
 
 
-class Listener:
-    """A paho client recording the deployment's messages, in order."""
-
-    def __init__(self, port: int, prefix: str) -> None:
-        import paho.mqtt.client as mqtt
-
-        self.messages: queue.Queue[tuple[str, bytes]] = queue.Queue()
-        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="camera-test")
-        self.client.on_message = lambda c, u, m: self.messages.put((m.topic, bytes(m.payload)))
-        self.client.connect("127.0.0.1", port)
-        self.client.subscribe(f"{prefix}/#", qos=1)
-        self.client.loop_start()
-
-    def wait(self, topic: str, payload: bytes | None = None, timeout: float = 15.0) -> bytes:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            try:
-                got, data = self.messages.get(timeout=0.05)
-            except queue.Empty:
-                continue
-            if got == topic and (payload is None or data == payload):
-                return data
-        raise AssertionError(f"nothing{'' if payload is None else f' = {payload!r}'} on "
-                             f"{topic} within {timeout} s")
-
-    def close(self) -> None:
-        self.client.loop_stop()
-        self.client.disconnect()
-
-
 def test_rebooted_camera_device_is_answered_from_its_first_frame(
-        camera_device, linux_builds, mosquitto, run, reference, tmp_path):
+        mqtt_listener, camera_device, linux_builds, mosquitto, run, reference, tmp_path):
     from nonn_tflite.deployment import load_deployment
     from nonn_tflite.live.protocol import Decoder, MsgType, Topics
 
@@ -111,7 +81,7 @@ def test_rebooted_camera_device_is_answered_from_its_first_frame(
     env = {**os.environ, "NONN_MQTT_HOST": "127.0.0.1", "NONN_MQTT_PORT": str(mosquitto.port),
            "NONN_TEST_CAMERA": str(images)}
     decoder = Decoder(dep.id, dep.feature_widths)
-    listener = Listener(mosquitto.port, topics.prefix)
+    listener = mqtt_listener(mosquitto.port, topics.prefix, client_id="camera-test")
     procs: list[subprocess.Popen] = []
     try:
         # device-1 is known to be offline: the fusion fuses device-0's slices at once

@@ -7,7 +7,6 @@ exactly the prediction frames the Python fusion node would, and its online/offli
 from __future__ import annotations
 
 import os
-import queue
 import shutil
 import socket
 import subprocess
@@ -61,72 +60,40 @@ def broker(tmp_path):
     proc.wait(timeout=10)
 
 
-class Listener:
-    """A paho client that records every message on the deployment's topics."""
-
-    def __init__(self, port: int) -> None:
-        import paho.mqtt.client as mqtt
-
-        self.messages: queue.Queue[tuple[str, bytes]] = queue.Queue()
-        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="test-listener")
-        self.client.on_message = lambda c, u, m: self.messages.put((m.topic, bytes(m.payload)))
-        self.client.connect("127.0.0.1", port)
-        self.client.subscribe("nonn/digits-k2/#", qos=1)
-        self.client.loop_start()
-
-    def next(self, topic: str, timeout: float = 10.0) -> bytes:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            try:
-                got, payload = self.messages.get(timeout=0.1)
-            except queue.Empty:
-                continue
-            if got == topic:
-                return payload
-        raise AssertionError(f"nothing on {topic} within {timeout} s")
-
-    def publish(self, topic: str, payload: bytes) -> None:
-        self.client.publish(topic, payload, qos=1).wait_for_publish(5)
-
-    def close(self) -> None:
-        self.client.loop_stop()
-        self.client.disconnect()
-
-
-def test_c_fusion_node_serves_predictions_over_mqtt(fusion_binary, broker, reference):
-    listener = Listener(broker)
+def test_c_fusion_node_serves_predictions_over_mqtt(mqtt_listener, fusion_binary, broker, reference):
+    listener = mqtt_listener(broker)
     env = {**os.environ, "NONN_MQTT_HOST": "127.0.0.1", "NONN_MQTT_PORT": str(broker)}
     node = subprocess.Popen([str(fusion_binary)], env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)
     try:
-        assert listener.next("nonn/digits-k2/status/fusion") == b"online"
+        assert listener.wait("nonn/digits-k2/status/fusion") == b"online"
         vecs = reference.vectors(4)
         for seq, (v0, v1) in enumerate(vecs[:3]):
             ts = 1_700_000_000_000_000 + seq
             listener.publish("nonn/digits-k2/feature/0", reference.feature(0, seq, ts, v0))
             listener.publish("nonn/digits-k2/feature/1", reference.feature(1, seq, ts, v1))
-            assert listener.next("nonn/digits-k2/prediction") == reference.prediction(
+            assert listener.wait("nonn/digits-k2/prediction") == reference.prediction(
                 seq, ts, {0: v0, 1: v1})
         # student 1 stays silent: the frame is fused after the 500 ms deadline, zero-filled
         v0 = vecs[3][0]
         start = time.monotonic()
         listener.publish("nonn/digits-k2/feature/0", reference.feature(0, 3, 99, v0))
-        assert listener.next("nonn/digits-k2/prediction") == reference.prediction(3, 99, {0: v0})
+        assert listener.wait("nonn/digits-k2/prediction") == reference.prediction(3, 99, {0: v0})
         assert time.monotonic() - start >= 0.45
     finally:
         node.terminate()
         out, _ = node.communicate(timeout=10)
     assert node.returncode == 0, out
     assert "fusion parameters CRC-32" in out and "ok" in out
-    assert listener.next("nonn/digits-k2/status/fusion") == b"offline"
+    assert listener.wait("nonn/digits-k2/status/fusion") == b"offline"
     listener.close()
 
 
-def test_c_fusion_follows_a_killed_devices_last_will(fusion_binary, broker, reference, run):
+def test_c_fusion_follows_a_killed_devices_last_will(mqtt_listener, fusion_binary, broker, reference, run):
     """Issue 14: the C fusion ignored status and last-will messages, so it waited out the full
     deadline for a device known to be dead. A real Python device is killed (SIGKILL: no clean
     goodbye); the broker publishes its last will, and the next frame is fused at once."""
-    listener = Listener(broker)
+    listener = mqtt_listener(broker)
     env = {**os.environ, "NONN_MQTT_HOST": "127.0.0.1", "NONN_MQTT_PORT": str(broker)}
     node = subprocess.Popen([str(fusion_binary)], env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)
@@ -134,16 +101,16 @@ def test_c_fusion_follows_a_killed_devices_last_will(fusion_binary, broker, refe
                                "--student", "1", "--broker", f"mqtt://127.0.0.1:{broker}"],
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        assert listener.next("nonn/digits-k2/status/fusion") == b"online"
-        assert listener.next("nonn/digits-k2/status/device-1", timeout=60) == b"online"
+        assert listener.wait("nonn/digits-k2/status/fusion") == b"online"
+        assert listener.wait("nonn/digits-k2/status/device-1", timeout=60) == b"online"
         device.kill()                          # dies without a word: only its last will speaks
         device.wait(10)
-        assert listener.next("nonn/digits-k2/status/device-1") == b"offline"
+        assert listener.wait("nonn/digits-k2/status/device-1") == b"offline"
         time.sleep(0.2)                        # the fusion got the same will from the broker
         (v0, _), = reference.vectors(1)
         start = time.monotonic()
         listener.publish("nonn/digits-k2/feature/0", reference.feature(0, 7, 70, v0))
-        assert listener.next("nonn/digits-k2/prediction") == reference.prediction(7, 70, {0: v0})
+        assert listener.wait("nonn/digits-k2/prediction") == reference.prediction(7, 70, {0: v0})
         waited = time.monotonic() - start
         assert waited < 0.2, f"fused after {waited * 1e3:.0f} ms: it waited for a dead device"
     finally:

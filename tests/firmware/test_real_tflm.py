@@ -6,7 +6,6 @@ and a deployment made only of C nodes that predicts exactly what the offline int
 from __future__ import annotations
 
 import os
-import queue
 import re
 import subprocess
 import time
@@ -176,44 +175,8 @@ def test_model_runner_refuses_a_corrupted_model(runner_driver, index):
 
 # ---- a deployment made only of C nodes, over a real mosquitto --------------------------------
 
-class Listener:
-    """A paho client recording every message of the deployment (in order), and publishing."""
-
-    def __init__(self, port: int, prefix: str) -> None:
-        import paho.mqtt.client as mqtt
-
-        self.log: list[tuple[str, bytes]] = []
-        self.messages: queue.Queue[tuple[str, bytes]] = queue.Queue()
-        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="c-only-test")
-        self.client.on_message = self._on_message
-        self.client.connect("127.0.0.1", port)
-        self.client.subscribe(f"{prefix}/#", qos=0)
-        self.client.loop_start()
-
-    def _on_message(self, client, userdata, msg) -> None:
-        item = (msg.topic, bytes(msg.payload))
-        self.log.append(item)
-        self.messages.put(item)
-
-    def wait(self, topic: str, payload: bytes | None = None, timeout: float = 15.0) -> bytes:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            try:
-                got, data = self.messages.get(timeout=0.05)
-            except queue.Empty:
-                continue
-            if got == topic and (payload is None or data == payload):
-                return data
-        raise AssertionError(f"nothing{'' if payload is None else f' = {payload!r}'} on "
-                             f"{topic} within {timeout} s")
-
-    def close(self) -> None:
-        self.client.loop_stop()
-        self.client.disconnect()
-
-
 @pytest.fixture(scope="module")
-def c_deployment(linux_builds, run, tmp_path_factory):
+def c_deployment(mqtt_listener, linux_builds, run, tmp_path_factory):
     """Both C devices and the C fusion node on one mosquitto; Python only publishes the test
     sample's images (as `nonn-tflite source` would) and records what the nodes publish."""
     from nonn_tflite.deployment import load_deployment
@@ -225,7 +188,7 @@ def c_deployment(linux_builds, run, tmp_path_factory):
     topics = Topics(dep.name)
     broker = mosquitto_broker(tmp_path_factory.mktemp("mosquitto")).start()
     env = {**os.environ, "NONN_MQTT_HOST": "127.0.0.1", "NONN_MQTT_PORT": str(broker.port)}
-    listener = Listener(broker.port, topics.prefix)
+    listener = mqtt_listener(broker.port, topics.prefix, client_id="c-only-test")
     nodes = {}
     try:
         for name in ("fusion", "device_0", "device_1"):
