@@ -18,6 +18,7 @@ from common import RESULTS, ROOT, markdown_table
 
 START, END = "<!-- results:start -->", "<!-- results:end -->"
 WYG_START, WYG_END = "<!-- what-you-get:start -->", "<!-- what-you-get:end -->"
+MEASURED_START, MEASURED_END = "<!-- measured:start -->", "<!-- measured:end -->"
 REFERENCE = ROOT / "models" / "digits-k2"
 
 
@@ -220,12 +221,43 @@ def partition_section() -> list[str]:
     return lines
 
 
+def measured_section(name: str = "measured-digits-k2.json") -> list[str]:
+    """The QEMU figures of ``models/digits-k2`` (benchmarks/measure_qemu.py), in two sentences."""
+    doc = _load(name)
+    if not doc:
+        return []
+    rows = {(r["model"], r["config"]): r for r in doc["measured"]["rows"]}
+    students = [r for r in doc["measured"]["rows"] if r["model"].startswith("student_")]
+    biggest = max(students, key=lambda r: r["instructions_per_inference"])["model"]
+    inst = lambda cfg: rows[(biggest, cfg)]["instructions_per_inference"] / 1e6  # noqa: E731
+    ratio = doc["measured"]["teacher_student_instruction_ratio"].get("cortex-m4-cmsis-nn")
+    report = json.loads((ROOT / "models" / "digits-k2" / "tflite" / "report.json").read_text())
+    macs = report["teacher"]["macs"] / max(s["macs"] for s in report["students"])
+    m4 = rows[(biggest, "cortex-m4-cmsis-nn")]
+    host = next(s["arena_bytes"] for s in doc["students"] if s["file"] == biggest)
+    exact = all(r["bit_exact"] for r in doc["measured"]["rows"])
+    side = "*more* than" if m4["arena_bytes_min"] > host else "less than"
+    return [f"There ({doc['date'][:10]}, commit {doc['commit']}), "
+            f"{'every model is bit-exact on every core and kernel set' if exact else 'NOT every model is bit-exact'}; "
+            f"a student takes {inst('cortex-m4-cmsis-nn'):.2f} M instructions on the M4 with CMSIS-NN "
+            f"({inst('cortex-m4-reference'):.1f} M with the reference kernels) and "
+            f"{inst('cortex-m55-cmsis-nn'):.2f} M on the M55, the teacher {ratio:.1f}x a student's on "
+            f"the M4 (the MAC ratio is {macs:.1f}x). The student's minimal 32-bit arena with CMSIS-NN "
+            f"is {m4['arena_bytes_min']:,} B, {side} its {host:,} B host arena (CMSIS-NN's scratch "
+            f"buffers), so the host figure is no bound either way; it reserves "
+            f"{m4['arena_reserved_bytes']:,} B."]
+
+
 def render(text: str) -> str:
-    """``text`` (the README) with both generated sections rewritten."""
+    """``text`` (the README) with its generated sections rewritten."""
     wyg = "\n".join([WYG_START, "", *what_you_get_section(), "", WYG_END])
     if WYG_START not in text or WYG_END not in text:
         raise SystemExit(f"error: README.md has no {WYG_START} ... {WYG_END} markers")
     text = text[: text.index(WYG_START)] + wyg + text[text.index(WYG_END) + len(WYG_END):]
+    if MEASURED_START in text and MEASURED_END in text:
+        measured = "\n".join([MEASURED_START, *measured_section(), MEASURED_END])
+        text = (text[: text.index(MEASURED_START)] + measured
+                + text[text.index(MEASURED_END) + len(MEASURED_END):])
     body = "\n".join([START, "", *cifar_section(), *comm_section(), *live_section(), *partition_section(), END])
     if START in text and END in text:
         return text[: text.index(START)] + body + text[text.index(END) + len(END):]
