@@ -349,6 +349,20 @@ class Listener:
         raise AssertionError(f"nothing{'' if payload is None else f' = {payload!r}'} on "
                              f"{topic} within {timeout} s")
 
+    def wait_all(self, expected: set[tuple[str, bytes]], timeout: float = 15.0) -> None:
+        """Until every (topic, payload) in ``expected`` has arrived, in any order: nodes started
+        together come online in whatever order the scheduler gives them."""
+        missing = set(expected)
+        deadline = time.monotonic() + timeout
+        while missing and time.monotonic() < deadline:
+            try:
+                missing.discard(self.messages.get(timeout=0.05))
+            except queue.Empty:
+                continue
+        if missing:
+            raise AssertionError(f"within {timeout} s, nothing on: "
+                                 + ", ".join(f"{t} = {p!r}" for t, p in sorted(missing)))
+
     def publish(self, topic: str, payload: bytes) -> None:
         self.client.publish(topic, payload, qos=1).wait_for_publish(5)
 

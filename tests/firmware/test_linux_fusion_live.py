@@ -101,8 +101,8 @@ def test_c_fusion_follows_a_killed_devices_last_will(mqtt_listener, fusion_binar
                                "--student", "1", "--broker", f"mqtt://127.0.0.1:{broker}"],
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        assert listener.wait("nonn/digits-k2/status/fusion") == b"online"
-        assert listener.wait("nonn/digits-k2/status/device-1", timeout=60) == b"online"
+        listener.wait_all({("nonn/digits-k2/status/fusion", b"online"),
+                           ("nonn/digits-k2/status/device-1", b"online")}, timeout=60)
         device.kill()                          # dies without a word: only its last will speaks
         device.wait(10)
         assert listener.wait("nonn/digits-k2/status/device-1") == b"offline"

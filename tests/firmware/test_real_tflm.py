@@ -195,8 +195,12 @@ def c_deployment(mqtt_listener, linux_builds, run, tmp_path_factory):
             nodes[name] = subprocess.Popen([str(linux_builds[name].exe)], env=env,
                                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                            text=True)
-        for node in ("fusion", "device-0", "device-1"):
-            listener.wait(topics.status(node), b"online")
+        try:
+            listener.wait_all({(topics.status(node), b"online")
+                               for node in ("fusion", "device-0", "device-1")})
+        except AssertionError as e:
+            exited = {n: p.returncode for n, p in nodes.items() if p.poll() is not None}
+            raise AssertionError(f"{e}; nodes that exited (return code): {exited}") from None
         predictions: dict[int, bytes] = {}
         for seq, pixels in enumerate(run.images):
             frame = image_frame(dep, seq, 1_700_000_000_000_000 + seq, pixels, session=SESSION)
