@@ -112,7 +112,9 @@ def test_c_fusion_follows_a_killed_devices_last_will(mqtt_listener, fusion_binar
         listener.publish("nonn/digits-k2/feature/0", reference.feature(0, 7, 70, v0))
         assert listener.wait("nonn/digits-k2/prediction") == reference.prediction(7, 70, {0: v0})
         waited = time.monotonic() - start
-        assert waited < 0.2, f"fused after {waited * 1e3:.0f} ms: it waited for a dead device"
+        # waiting for the dead device would take the 500 ms deadline (>= 0.45 s above); the
+        # margin below it is for a loaded CI machine, not a latency claim
+        assert waited < 0.4, f"fused after {waited * 1e3:.0f} ms: it waited for a dead device"
     finally:
         if device.poll() is None:
             device.kill()
