@@ -24,12 +24,21 @@ sys.path.insert(0, str(ROOT))
 from nonn_tflite.rundir import versions, write_json  # noqa: E402
 
 
+# The instruction sets oneDNN picks its float kernels by: two CPUs with one model name (a
+# generic "Intel(R) Xeon(R) Processor") but other sets train to other weights.
+ONEDNN_ISA = ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "avx512_fp16", "avx_vnni",
+              "amx_tile", "amx_int8", "amx_bf16")
+
+
 def machine() -> dict[str, Any]:
-    cpu = platform.processor() or ""
+    cpu, isa = platform.processor() or "", []
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
+            if line.startswith("model name") and not isa:
                 cpu = line.split(":", 1)[1].strip()
+            elif line.startswith("flags"):
+                flags = set(line.split(":", 1)[1].split())
+                isa = [f for f in ONEDNN_ISA if f in flags]
                 break
     except OSError:
         pass
@@ -38,7 +47,7 @@ def machine() -> dict[str, Any]:
         mem_gb = round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1)
     except (ValueError, OSError):
         pass
-    return {"cpu": cpu, "cpu_count": os.cpu_count(), "memory_gb": mem_gb,
+    return {"cpu": cpu, "cpu_count": os.cpu_count(), "isa": isa, "memory_gb": mem_gb,
             "platform": platform.platform(), "python": platform.python_version()}
 
 

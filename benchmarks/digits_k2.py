@@ -11,14 +11,20 @@ one run of the README's first command, so no figure there is typed by hand.
    ``tests/test_default_run.py`` compares a fresh run against;
 5. ``python benchmarks/readme_results.py`` rewrites both generated README sections.
 
-    python benchmarks/digits_k2.py              # all of it (about 4-6 min on 2 cores)
-    python benchmarks/digits_k2.py --no-train   # keep models/digits-k2: demos + README only
+With ``--other-machine``, step 2-4 are replaced: the run stays out of ``models/digits-k2`` and its
+figures go to ``benchmarks/results/digits-k2-machine-<cpu>.json``. The README then shows what the
+same command gave on that CPU too, and ``tests/test_default_run.py`` compares exactly there.
+
+    python benchmarks/digits_k2.py                  # all of it (about 4-6 min on 2 cores)
+    python benchmarks/digits_k2.py --no-train       # keep models/digits-k2: demos + README only
+    python benchmarks/digits_k2.py --other-machine  # record this CPU's figures beside the reference
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -27,6 +33,7 @@ import time
 from pathlib import Path
 
 from common import RESULTS, ROOT, header
+from readme_results import report_sizes
 
 MODEL = ROOT / "models" / "digits-k2"
 RUN_ARGS = ["run", "--students", "2"]  # the README's command, less --out
@@ -42,13 +49,18 @@ def _cli(*args: str) -> None:
         sys.exit(f"error: `nonn-tflite {' '.join(args)}` failed with exit code {done.returncode}")
 
 
+def _run_command(run_dir: Path) -> dict:
+    """The README's command into ``run_dir``, timed."""
+    t0 = time.perf_counter()
+    _cli(*RUN_ARGS, "--out", str(run_dir))
+    return {"run_seconds": round(time.perf_counter() - t0, 1)}
+
+
 def train_into_models() -> dict:
     """One run of the README's command, swapped in as models/digits-k2."""
     with tempfile.TemporaryDirectory(prefix="digits-k2-") as tmp:
         run_dir = Path(tmp) / "digits-k2"
-        t0 = time.perf_counter()
-        _cli(*RUN_ARGS, "--out", str(run_dir))
-        seconds = time.perf_counter() - t0
+        timing = _run_command(run_dir)
         new, old = MODEL.with_name(".digits-k2.new"), MODEL.with_name(".digits-k2.old")
         for p in (new, old):
             shutil.rmtree(p, ignore_errors=True)
@@ -57,7 +69,7 @@ def train_into_models() -> dict:
         MODEL.rename(old)
     new.rename(MODEL)
     shutil.rmtree(old, ignore_errors=True)
-    return {"run_seconds": round(seconds, 1)}
+    return timing
 
 
 def demo(kill: bool) -> dict:
@@ -74,29 +86,46 @@ def demo(kill: bool) -> dict:
     return doc
 
 
-def reference_doc(extra: dict) -> dict:
+def reference_doc(extra: dict, run: Path = MODEL, profile: str = "reference") -> dict:
     """What a fresh run of the default command is compared against (tests/test_default_run.py)."""
-    rep = json.loads((MODEL / "tflite" / "report.json").read_text())
-    man = json.loads((MODEL / "manifest.json").read_text())
-    part = json.loads((MODEL / "partition.json").read_text())
-    doc = header("digits-k2", "reference", ["nonn-tflite", *RUN_ARGS, "--out", "runs/digits-k2"])
+    rep = json.loads((run / "tflite" / "report.json").read_text())
+    man = json.loads((run / "manifest.json").read_text())
+    part = json.loads((run / "partition.json").read_text())
+    doc = header("digits-k2", profile, ["nonn-tflite", *RUN_ARGS, "--out", "runs/digits-k2"])
     doc.update(extra)
     doc.update({"metrics": man["metrics"], "system": rep["system"],
                 "partition": {k: part.get(k) for k in ("sizes", "modularity", "percentile", "edges",
                                                        "warning")},
-                "sizes": {m: {k: rep[m][k] for k in ("flash_bytes", "arena_bytes", "arena_bytes_32bit",
-                                                     "params", "macs")} for m in ("teacher", "fusion")}
-                | {f"student_{s['id']}": {k: s[k] for k in ("flash_bytes", "arena_bytes",
-                                                             "arena_bytes_32bit", "params", "macs",
-                                                             "payload_bytes")}
-                   for s in rep["students"]}})
+                "sizes": report_sizes(rep)})
     return doc
+
+
+def record_other_machine() -> int:
+    """The README's command on this CPU, recorded beside the reference, not replacing it."""
+    from common import machine
+
+    from nonn_tflite.rundir import write_json
+
+    slug = re.sub(r"[^a-z0-9]+", "-", machine()["cpu"].lower()).strip("-") or "unknown"
+    with tempfile.TemporaryDirectory(prefix="digits-k2-") as tmp:
+        run_dir = Path(tmp) / "digits-k2"
+        doc = reference_doc(_run_command(run_dir), run_dir, profile=f"machine-{slug}")
+    path = RESULTS / f"digits-k2-machine-{slug}.json"
+    write_json(path, doc)
+    print(f"wrote {path}")
+    import readme_results
+
+    return readme_results.main()
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--no-train", action="store_true", help="Keep models/digits-k2; redo demos + README.")
+    ap.add_argument("--other-machine", action="store_true",
+                    help="Record this CPU's figures beside the reference; models/digits-k2 stays.")
     args = ap.parse_args(argv)
+    if args.other_machine:
+        return record_other_machine()
     extra = {} if args.no_train else train_into_models()
     results = [demo(kill=False), demo(kill=True)]
     from nonn_tflite.rundir import RunDir, write_json

@@ -78,10 +78,50 @@ def what_you_get_section(ref: Path = REFERENCE, results: Path | None = None) -> 
                   f"{part['modularity']:.2f}" + (f" (warning: {part['warning']})" if part.get("warning") else
                                                  ", no structure warning") + "."]
     lines += _demo_lines(results, ref.name)
-    lines += ["", f"(Made {man['created'][:10]} by `python benchmarks/digits_k2.py`: one run of the "
-                  "command above, copied to `models/digits-k2`; the table is its "
+    made_on = _load("digits-k2-reference.json") if results == RESULTS else None
+    on = f" on {_machine_words(made_on['machine'])}" if made_on else ""
+    lines += ["", f"(Made {man['created'][:10]}{on} by `python benchmarks/digits_k2.py`: one run of "
+                  "the command above, copied to `models/digits-k2`; the table is its "
                   "`tflite/report.md`.)"]
+    lines += _other_machine_lines(results, rep, n_test)
     return lines
+
+
+def _machine_words(m: dict) -> str:
+    isa = m.get("isa")
+    kind = ("" if isa is None else ", AMX" if "amx_tile" in isa else
+            ", AVX-512" if "avx512f" in isa else ", AVX2")
+    return f"{m['cpu']} ({m['cpu_count']} CPUs{kind})"
+
+
+def report_sizes(rep: dict) -> dict:
+    """Every size in a report.json, per model: what must not differ between machines."""
+    keys = ("flash_bytes", "arena_bytes", "arena_bytes_32bit", "params", "macs")
+    return {m: {k: rep[m][k] for k in keys} for m in ("teacher", "fusion")} | {
+        f"student_{s['id']}": {k: s[k] for k in (*keys, "payload_bytes")} for s in rep["students"]}
+
+
+def _other_machine_lines(results: Path, rep: dict, n_test: int) -> list[str]:
+    """What the same command gave on other CPUs (``digits_k2.py --other-machine``), against the
+    table above: the README shows each machine it was run on, not only the one that made it."""
+    lines = []
+    for path in sorted(results.glob("digits-k2-machine-*.json")):
+        d = json.loads(path.read_text())
+        s, part = d["system"], d["partition"]
+        diff = max(abs(s[k] - rep["system"][k]) for k in ("accuracy_float", "accuracy_int8",
+                                                           "teacher_accuracy_float",
+                                                           "teacher_accuracy_int8"))
+        sizes = "identical sizes" if d["sizes"] == report_sizes(rep) else "other sizes (a bug: report it)"
+        lines.append(
+            f"On {_machine_words(d['machine'])}, the same command gives teacher "
+            f"{_pct(s['teacher_accuracy_float'])} / {_pct(s['teacher_accuracy_int8'])} %, NoNN "
+            f"{_pct(s['accuracy_float'])} / {_pct(s['accuracy_int8'])} %, modularity "
+            f"{part['modularity']:.2f}" + (f" (warning: {part['warning']})" if part.get("warning")
+                                           else "") +
+            f", in {d['run_seconds']:.0f} s: at most {round(diff * n_test)} test images from the "
+            f"table, with {sizes} (`python benchmarks/digits_k2.py --other-machine`, "
+            f"{d['date'][:10]}).")
+    return ["", *lines] if lines else []
 
 
 def _demo_lines(results: Path, name: str) -> list[str]:
