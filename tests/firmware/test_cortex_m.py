@@ -44,7 +44,7 @@ def _export(run: Path, out: Path, cpu: str) -> None:
     export_project(run, "cortex-m", out, cpu=cpu, kernels="cmsis-nn")
 
 
-@pytest.mark.parametrize("cpu", ["cortex-m4", "cortex-m55"])
+@pytest.mark.parametrize("cpu", ["cortex-m4", "cortex-m7", "cortex-m55"])
 def test_exported_device_runs_bit_exact_on_qemu(synthetic, tmp_path, cpu):
     _require()
     config = Config(cpu, "cmsis-nn")
