@@ -47,8 +47,8 @@ def train_airbench(ds: Dataset, cfg: TeacherConfig, quiet: bool = False):
     with a triangular schedule scaled to ``cfg.train.batch_size``, lookahead, flips (photos) and
     2-pixel translations; ``cfg.train`` gives epochs, batch size and seed (its lr, momentum and
     weight decay are airbench's, logged, not the CLI's). Model selection on validation
-    accuracy as for every teacher; flip TTA is applied at evaluation by the caller
-    (:func:`nonn_tflite.training.flip_tta_logits`), the int8 graph runs one view."""
+    accuracy as for every teacher. Its metrics and the int8 graph are single-view; the CIFAR-10
+    benchmark reports flip TTA (:func:`nonn_tflite.training.flip_tta_logits`) beside them."""
     import logging
 
     import keras
