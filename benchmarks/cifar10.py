@@ -11,9 +11,9 @@ Run the steps in as many invocations as you like, then ``--assemble`` the table:
     python benchmarks/cifar10.py --profile cpu --data-dir DATA            # every missing step + table
     python benchmarks/cifar10.py --profile cpu --data-dir DATA --teacher-arch airbench --views 8
 
-``--teacher-arch`` and ``--views`` override the profile's teacher and the students' view cache
-(``nonn_tflite/views.py``); the results then go to their own name (``cifar10-cpu-airbench-v8``),
-never mixed with the profile's own parts.
+``--teacher-arch``, ``--teacher-epochs`` and ``--views`` override the profile's teacher, its
+epochs and the students' view cache (``nonn_tflite/views.py``); the results then go to their own
+name (``cifar10-cpu-airbench-e10-v8``), never mixed with the profile's own parts.
 
 ``--data-dir`` must hold the real CIFAR-10 (``train.npz``/``test.npz``, checked by sha256; build
 it with ``../shared/data/get_cifar10.sh DIR``). ``--stand-in`` runs on any other npz pair, e.g.
@@ -166,19 +166,21 @@ def step_teacher(ctx: Context, sys_: System) -> dict:
     result = {"accuracy_float": m["teacher_accuracy"], "val_accuracy": m["teacher_val_accuracy"],
               "params": m["teacher_params"], "arch": ctx.profile.teacher,
               "train_seconds": run.manifest.get("stages", {}).get("teacher", {}).get("seconds")}
-    if ctx.profile.teacher == "airbench":  # its recipe evaluates with flip TTA (float only)
+    if ctx.profile.teacher == "airbench":  # its recipe evaluates with TTA (float only)
         result["accuracy_float_flip_tta"] = flip_tta_accuracy(ctx, run.file("teacher.keras"))
+        result["accuracy_float_flip_translate_tta"] = flip_tta_accuracy(
+            ctx, run.file("teacher.keras"), translate=True)
     result.update(int8_profile(ctx, run.file("teacher.keras"), "teacher"))
     return result
 
 
-def flip_tta_accuracy(ctx: Context, keras_path: Path) -> float:
+def flip_tta_accuracy(ctx: Context, keras_path: Path, translate: bool = False) -> float:
     from nonn_tflite.data import load_dataset, to_float
     from nonn_tflite.teacher import load_keras_model
     from nonn_tflite.training import flip_tta_logits
 
     ds = load_dataset(ctx.data_config())
-    logits = flip_tta_logits(load_keras_model(keras_path), to_float(ds.x_test))
+    logits = flip_tta_logits(load_keras_model(keras_path), to_float(ds.x_test), translate=translate)
     return float(np.mean(np.argmax(logits, -1) == ds.y_test))
 
 
@@ -427,6 +429,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--verbose", action="store_true")
     ap.add_argument("--teacher-arch", default=None,
                     help="Override the profile's teacher (e.g. airbench; its batch is then 512).")
+    ap.add_argument("--teacher-epochs", type=int, default=None,
+                    help="Override the profile's teacher epochs (airbench94 trains 9.9).")
     ap.add_argument("--views", type=int, default=None,
                     help="Students train on this many cached augmented views per image.")
     args = ap.parse_args(argv)
@@ -438,6 +442,9 @@ def main(argv: list[str] | None = None) -> int:
         profile = replace(profile, teacher=args.teacher_arch,
                           teacher_batch_size=512 if args.teacher_arch == "airbench" else None)
         name += f"-{args.teacher_arch}"
+    if args.teacher_epochs:
+        profile = replace(profile, teacher_epochs=args.teacher_epochs)
+        name += f"-e{args.teacher_epochs}"
     if args.views and args.views > 1:
         profile = replace(profile, views=args.views)
         name += f"-v{args.views}"

@@ -44,7 +44,8 @@ def train_teacher(ds: Dataset, cfg: TeacherConfig, quiet: bool = False):
 
 def train_airbench(ds: Dataset, cfg: TeacherConfig, quiet: bool = False):
     """airbench's recipe (see :mod:`nonn_tflite.training`): label smoothing 0.2, Nesterov SGD
-    with a triangular schedule scaled to ``cfg.train.batch_size``, lookahead, flips (photos) and
+    with a triangular schedule scaled to ``cfg.train.batch_size`` and 64x for BatchNorm biases,
+    lookahead, flips (photos) and
     2-pixel translations; ``cfg.train`` gives epochs, batch size and seed (its lr, momentum and
     weight decay are airbench's, logged, not the CLI's). Model selection on validation
     accuracy as for every teacher. Its metrics and the int8 graph are single-view; the CIFAR-10
@@ -54,7 +55,8 @@ def train_airbench(ds: Dataset, cfg: TeacherConfig, quiet: bool = False):
     import keras
 
     from nonn_tflite.architectures import build_teacher
-    from nonn_tflite.training import (AIRBENCH_TRANSLATE, airbench_lr, airbench_optimizer,
+    from nonn_tflite.training import (AIRBENCH_BIAS_SCALER, AIRBENCH_TRANSLATE, airbench_lr,
+                                      airbench_optimizer,
                                       lookahead, smoothed_crossentropy)
 
     model = build_teacher("airbench", ds.input_shape, ds.num_classes, x_train=ds.x_train)
@@ -63,7 +65,8 @@ def train_airbench(ds: Dataset, cfg: TeacherConfig, quiet: bool = False):
     steps = int(np.ceil(len(ds.y_train) / bs))
     logging.getLogger("nonn_tflite").info(
         "airbench recipe: batch %d, peak lr %.4f (airbench's, scaled to the batch), momentum "
-        "0.85, label smoothing 0.2, lookahead; --lr is not used", bs, airbench_lr(bs))
+        "0.85, BatchNorm biases x%g, label smoothing 0.2, lookahead; --lr is not used", bs,
+        airbench_lr(bs), AIRBENCH_BIAS_SCALER)
     trainer.compile(optimizer=airbench_optimizer(bs, cfg.train.epochs, steps),
                     loss=smoothed_crossentropy(ds.num_classes),
                     metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")])

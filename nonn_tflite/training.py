@@ -34,6 +34,7 @@ AIRBENCH_MOMENTUM = 0.85
 AIRBENCH_WEIGHT_DECAY = 0.0153 / ((1 + 1 / (1 - 0.85)) * (1 - 0.85) * AIRBENCH_LR_PER_1024)
 AIRBENCH_LABEL_SMOOTHING = 0.2
 AIRBENCH_TRANSLATE = 2  # pixels of pad-and-crop
+AIRBENCH_BIAS_SCALER = 64.0  # airbench's learning-rate multiplier for BatchNorm biases
 LOOKAHEAD_EVERY = 5
 
 
@@ -42,19 +43,30 @@ def airbench_lr(batch_size: int) -> float:
     return AIRBENCH_LR_PER_1024 * batch_size / 1024
 
 
-def airbench_optimizer(batch_size: int, epochs: int, steps_per_epoch: int):
+def airbench_optimizer(batch_size: int, epochs: int, steps_per_epoch: int,
+                       bias_scaler: float = AIRBENCH_BIAS_SCALER):
     """Nesterov SGD (momentum 0.85) with airbench's triangular schedule: 0.2 -> 1 over the first
-    20 % of steps, then linearly down to 0.07, and decoupled weight decay.
+    20 % of steps, then linearly down to 0.07; BatchNorm biases (``.../beta``) learn
+    ``bias_scaler`` times faster, and every variable decays by the same fraction per step, as in
+    airbench.
 
-    Changed: one learning rate for every variable (airbench gives BatchNorm biases 64x), since a
-    Keras optimizer has one schedule; the decay is decoupled (Keras) rather than inside the
+    Changed: the bias learning rate is a gradient scale (one Keras schedule; with SGD and
+    momentum the two are the same), and the decay is decoupled (Keras) rather than inside the
     momentum buffer (PyTorch), converted to the same steady-state shrink per step.
     """
     import keras
 
-    return keras.optimizers.SGD(triangular_schedule(airbench_lr(batch_size), epochs * steps_per_epoch),
-                                momentum=AIRBENCH_MOMENTUM, nesterov=True,
-                                weight_decay=AIRBENCH_WEIGHT_DECAY)
+    class BiasScaledSGD(keras.optimizers.SGD):
+        def apply(self, grads, trainable_variables=None):
+            variables = (self._trainable_variables if trainable_variables is None
+                         else list(trainable_variables))
+            grads = [g * bias_scaler if g is not None and v.path.endswith("/beta") else g
+                     for g, v in zip(grads, variables)]
+            return super().apply(grads, trainable_variables)
+
+    return BiasScaledSGD(triangular_schedule(airbench_lr(batch_size), epochs * steps_per_epoch),
+                         momentum=AIRBENCH_MOMENTUM, nesterov=True,
+                         weight_decay=AIRBENCH_WEIGHT_DECAY)
 
 
 def _triangular_schedule_class():
@@ -128,11 +140,23 @@ def lookahead(total_steps: int, every: int = LOOKAHEAD_EVERY, decay: float = 0.9
     return Lookahead()
 
 
-def flip_tta_logits(model, x_float: np.ndarray, batch_size: int = 256) -> np.ndarray:
-    """Test-time augmentation: the mean of the logits of each image and its mirror image."""
-    a = np.asarray(model.predict(x_float, batch_size=batch_size, verbose=0))
-    b = np.asarray(model.predict(x_float[:, :, ::-1], batch_size=batch_size, verbose=0))
-    return (a + b) / 2
+def flip_tta_logits(model, x_float: np.ndarray, batch_size: int = 256,
+                    translate: bool = False) -> np.ndarray:
+    """Test-time augmentation: the mean of the logits of each image and its mirror image; with
+    ``translate``, airbench's level 2: half that, half the same for the image shifted by one
+    pixel up-left and down-right (reflect padding)."""
+    def mirrored(x: np.ndarray) -> np.ndarray:
+        a = np.asarray(model.predict(x, batch_size=batch_size, verbose=0))
+        b = np.asarray(model.predict(x[:, :, ::-1], batch_size=batch_size, verbose=0))
+        return (a + b) / 2
+
+    logits = mirrored(x_float)
+    if not translate:
+        return logits
+    h, w = x_float.shape[1:3]
+    padded = np.pad(x_float, ((0, 0), (1, 1), (1, 1), (0, 0)), mode="reflect")
+    shifted = [mirrored(padded[:, :h, :w]), mirrored(padded[:, 2:h + 2, 2:w + 2])]
+    return (logits + (shifted[0] + shifted[1]) / 2) / 2
 
 
 def augmented_classifier(model, aug_layers: list):

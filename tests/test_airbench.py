@@ -51,6 +51,54 @@ def test_triangular_schedule_has_airbenchs_shape():
     assert AIRBENCH_LR_PER_1024 == pytest.approx(1.5, rel=1e-3)
 
 
+def test_batchnorm_biases_learn_airbenchs_64x_faster():
+    import keras
+    import tensorflow as tf
+
+    from nonn_tflite.training import AIRBENCH_BIAS_SCALER, airbench_optimizer
+
+    def first_step(opt) -> dict[str, np.ndarray]:
+        keras.utils.set_random_seed(0)
+        inp = keras.Input((4,))
+        model = keras.Model(inp, keras.layers.BatchNormalization(scale=False, name="bn")(
+            keras.layers.Dense(3, name="fc")(inp)))
+        before = {v.path: np.array(v) for v in model.trainable_variables}
+        x = np.random.default_rng(0).normal(size=(16, 4)).astype("float32")
+        with tf.GradientTape() as tape:
+            loss = keras.ops.sum(model(x, training=True) * np.arange(3, dtype="float32"))
+        grads = tape.gradient(loss, model.trainable_variables)
+        opt.apply(grads, model.trainable_variables)
+        return {v.path: np.array(v) - before[v.path] for v in model.trainable_variables}
+
+    scaled = first_step(airbench_optimizer(512, 10, 100))
+    plain = first_step(airbench_optimizer(512, 10, 100, bias_scaler=1.0))
+    beta = next(k for k in scaled if k.endswith("bn/beta"))
+    np.testing.assert_allclose(scaled[beta], AIRBENCH_BIAS_SCALER * plain[beta], rtol=1e-5)
+    assert np.abs(plain[beta]).max() > 0
+    for k in scaled:
+        if k != beta:
+            np.testing.assert_allclose(scaled[k], plain[k], rtol=1e-6, atol=1e-9)
+
+
+def test_translate_tta_is_airbenchs_level_2():
+    from nonn_tflite.training import flip_tta_logits
+
+    class PositionSum:  # logits depend on where each pixel is, so every view differs
+        weights = np.random.default_rng(1).normal(size=(6, 6, 2, 3))
+
+        def predict(self, x, batch_size=None, verbose=0):
+            return np.einsum("nhwc,hwck->nk", x, self.weights)
+
+    x = np.random.default_rng(2).random((5, 6, 6, 2))
+    m = PositionSum()
+    mirror = lambda v: (m.predict(v) + m.predict(v[:, :, ::-1])) / 2  # noqa: E731
+    padded = np.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)), mode="reflect")
+    want = 0.5 * mirror(x) + 0.25 * (mirror(padded[:, 0:6, 0:6]) + mirror(padded[:, 2:8, 2:8]))
+    np.testing.assert_allclose(flip_tta_logits(m, x, translate=True), want)
+    np.testing.assert_allclose(flip_tta_logits(m, x), mirror(x))
+    assert not np.allclose(want, mirror(x))
+
+
 def test_recipe_trains_on_digits_and_converts_to_int8_for_tflm():
     from nonn_tflite.config import DataConfig, TeacherConfig, TrainConfig
     from nonn_tflite.data import load_dataset, to_float
