@@ -32,7 +32,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import RESULTS, ROOT, header
+import readme_results
+from common import RESULTS, ROOT, header, machine
 from readme_results import report_sizes
 
 MODEL = ROOT / "models" / "digits-k2"
@@ -102,8 +103,6 @@ def reference_doc(extra: dict, run: Path = MODEL, profile: str = "reference") ->
 
 def record_other_machine() -> int:
     """The README's command on this CPU, recorded beside the reference, not replacing it."""
-    from common import machine
-
     from nonn_tflite.rundir import write_json
 
     slug = re.sub(r"[^a-z0-9]+", "-", machine()["cpu"].lower()).strip("-") or "unknown"
@@ -113,8 +112,6 @@ def record_other_machine() -> int:
     path = RESULTS / f"digits-k2-machine-{slug}.json"
     write_json(path, doc)
     print(f"wrote {path}")
-    import readme_results
-
     return readme_results.main()
 
 
@@ -140,8 +137,6 @@ def main(argv: list[str] | None = None) -> int:
         extra = {k: v for k, v in json.loads(ref_path.read_text()).items() if k == "run_seconds"}
     if not args.no_train or not ref_path.exists():
         write_json(ref_path, reference_doc(extra))
-    import readme_results
-
     return readme_results.main()
 
 

@@ -45,10 +45,9 @@ def train_teacher(ds: Dataset, cfg: TeacherConfig, quiet: bool = False):
 def train_airbench(ds: Dataset, cfg: TeacherConfig, quiet: bool = False):
     """airbench's recipe (see :mod:`nonn_tflite.training`): label smoothing 0.2, Nesterov SGD
     with a triangular schedule scaled to ``cfg.train.batch_size`` and 64x for BatchNorm biases,
-    lookahead, flips (photos) and
-    2-pixel translations; ``cfg.train`` gives epochs, batch size and seed (its lr, momentum and
-    weight decay are airbench's, logged, not the CLI's). Model selection on validation
-    accuracy as for every teacher. Its metrics and the int8 graph are single-view; the CIFAR-10
+    lookahead, flips (photos) and 2-pixel translations; ``cfg.train`` gives epochs, batch size
+    and seed (its lr, momentum and weight decay are airbench's, logged, not the CLI's). Model
+    selection on validation accuracy as for every teacher. Its metrics and the int8 graph are single-view; the CIFAR-10
     benchmark reports flip TTA (:func:`nonn_tflite.training.flip_tta_logits`) beside them."""
     import logging
 
@@ -56,8 +55,7 @@ def train_airbench(ds: Dataset, cfg: TeacherConfig, quiet: bool = False):
 
     from nonn_tflite.architectures import build_teacher
     from nonn_tflite.training import (AIRBENCH_BIAS_SCALER, AIRBENCH_TRANSLATE, airbench_lr,
-                                      airbench_optimizer,
-                                      lookahead, smoothed_crossentropy)
+                                      airbench_optimizer, lookahead, smoothed_crossentropy)
 
     model = build_teacher("airbench", ds.input_shape, ds.num_classes, x_train=ds.x_train)
     trainer = augmented_classifier(model, augmentation_layers(ds, pad=AIRBENCH_TRANSLATE))
